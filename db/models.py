@@ -1,0 +1,130 @@
+"""Tables: one row per distinct image (by sha256), its predictions, and readers' reviews."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageStatus(enum.StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ImageSource(enum.StrEnum):
+    WATCH = "watch"
+    UPLOAD = "upload"
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text, doc="where the bytes live (inbox or upload store)")
+    filename: Mapped[str] = mapped_column(Text, doc="display name, relative to the inbox")
+    source: Mapped[str] = mapped_column(String(16), default=ImageSource.WATCH)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[str | None] = mapped_column(String(32))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default=ImageStatus.QUEUED)
+    error: Mapped[str | None] = mapped_column(Text)
+    warning: Mapped[str | None] = mapped_column(Text, doc="e.g. does not look like a radiograph")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    # Non-identifying acquisition metadata (DICOM); patient identity only as a salted hash.
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    view_position: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    photometric: Mapped[str | None] = mapped_column(String(32))
+    bits_stored: Mapped[int | None] = mapped_column(Integer)
+    patient_hash: Mapped[str | None] = mapped_column(String(64))
+
+    predictions: Mapped[list[Prediction]] = relationship(
+        back_populates="image", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (
+        Index("ix_images_status", "status"),
+        Index("ix_images_received_at", "received_at"),
+        Index("ix_images_source", "source"),
+    )
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(32))
+    probability: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    threshold_source: Mapped[str] = mapped_column(String(32), default="global")
+    region: Mapped[str | None] = mapped_column(String(32))
+    region_probability: Mapped[float | None] = mapped_column(Float)
+    region_disagrees: Mapped[bool | None] = mapped_column(Boolean)
+    heatmap_path: Mapped[str | None] = mapped_column(Text)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    inference_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="predictions")
+    reviews: Mapped[list[Review]] = relationship(
+        back_populates="prediction", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (
+        UniqueConstraint("image_id", "model_version", name="uq_prediction_image_model"),
+        Index("ix_predictions_label", "label"),
+        Index("ix_predictions_probability", "probability"),
+        Index("ix_predictions_created_at", "created_at"),
+    )
+
+
+class Review(Base):
+    """A reader's verdict on a prediction, stored beside it: the prediction is never changed."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"))
+    reviewer: Mapped[str] = mapped_column(String(128))
+    verdict: Mapped[str] = mapped_column(String(32), doc="the reader's label")
+    agrees: Mapped[bool] = mapped_column(Boolean)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    prediction: Mapped[Prediction] = relationship(back_populates="reviews")
+
+    __table_args__ = (Index("ix_reviews_prediction_id", "prediction_id"),)

@@ -1,0 +1,195 @@
+"""Query functions: the only way services read or write rows. Keyword-only `session`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from db.models import Image, ImageSource, ImageStatus, Prediction, utcnow
+
+
+def register_image(
+    *,
+    session: Session,
+    sha256: str,
+    path: str,
+    filename: str,
+    size: int,
+    source: str = ImageSource.WATCH,
+    fmt: str | None = None,
+) -> tuple[Image, bool]:
+    """The image row for these bytes, and whether it was created now (False: seen before)."""
+    existing = session.scalar(select(Image).where(Image.sha256 == sha256))
+    if existing is not None:
+        return existing, False
+    image = Image(
+        sha256=sha256,
+        path=path,
+        filename=filename,
+        bytes=size,
+        source=source,
+        format=fmt,
+        status=ImageStatus.QUEUED,
+    )
+    try:
+        with session.begin_nested():
+            session.add(image)
+    except IntegrityError:
+        # Another process registered the same bytes between our select and insert.
+        existing = session.scalar(select(Image).where(Image.sha256 == sha256))
+        if existing is None:
+            raise
+        return existing, False
+    return image, True
+
+
+def mark_enqueued(*, session: Session, image_ids: Iterable[int]) -> None:
+    ids = list(image_ids)
+    if ids:
+        session.execute(
+            update(Image).where(Image.id.in_(ids)).values(enqueued_at=utcnow(), updated_at=utcnow())
+        )
+
+
+def get_image(*, session: Session, image_id: int) -> Image | None:
+    return session.get(Image, image_id)
+
+
+def get_image_by_sha(*, session: Session, sha256: str) -> Image | None:
+    return session.scalar(select(Image).where(Image.sha256 == sha256))
+
+
+def claim_images(*, session: Session, image_ids: Sequence[int], model_version: str) -> list[Image]:
+    """Mark the images of a batch `processing`; skip unknown ones and ones already predicted.
+
+    Idempotent: a redelivered message for a finished image claims nothing.
+    """
+    images = session.scalars(select(Image).where(Image.id.in_(list(image_ids)))).all()
+    done = set(
+        session.scalars(
+            select(Prediction.image_id).where(
+                Prediction.image_id.in_([i.id for i in images]),
+                Prediction.model_version == model_version,
+            )
+        )
+    )
+    claimed = []
+    for image in images:
+        if image.id in done:
+            if image.status != ImageStatus.DONE:
+                image.status = ImageStatus.DONE
+            continue
+        image.status = ImageStatus.PROCESSING
+        image.attempts += 1
+        image.updated_at = utcnow()
+        claimed.append(image)
+    return claimed
+
+
+@dataclass(frozen=True)
+class NewPrediction:
+    image_id: int
+    model_version: str
+    label: str
+    probability: float
+    threshold: float
+    batch_size: int
+    inference_ms: float
+    heatmap_path: str | None = None
+    threshold_source: str = "global"
+    region: str | None = None
+    region_probability: float | None = None
+    warning: str | None = None
+
+
+def store_batch(
+    *,
+    session: Session,
+    predictions: Sequence[NewPrediction],
+    failures: dict[int, str],
+    metadata: dict[int, dict[str, object]] | None = None,
+) -> None:
+    """Write a batch's outcome: predictions (done) and errors (failed), in the caller's transaction."""
+    metadata = metadata or {}
+    for image_id, fields in metadata.items():
+        image = session.get(Image, image_id)
+        if image is not None:
+            for key, value in fields.items():
+                setattr(image, key, value)
+    for new in predictions:
+        image = session.get(Image, new.image_id)
+        if image is None:
+            continue
+        exists = session.scalar(
+            select(Prediction.id).where(
+                Prediction.image_id == new.image_id, Prediction.model_version == new.model_version
+            )
+        )
+        if exists is None:
+            session.add(
+                Prediction(
+                    image_id=new.image_id,
+                    model_version=new.model_version,
+                    label=new.label,
+                    probability=new.probability,
+                    threshold=new.threshold,
+                    threshold_source=new.threshold_source,
+                    region=new.region,
+                    region_probability=new.region_probability,
+                    heatmap_path=new.heatmap_path,
+                    batch_size=new.batch_size,
+                    inference_ms=new.inference_ms,
+                )
+            )
+        image.status = ImageStatus.DONE
+        image.error = None
+        if new.warning:
+            image.warning = new.warning
+        image.updated_at = utcnow()
+    for image_id, error in failures.items():
+        image = session.get(Image, image_id)
+        if image is None:
+            continue
+        image.status = ImageStatus.FAILED
+        image.error = error
+        image.updated_at = utcnow()
+
+
+def images_to_resend(
+    *, session: Session, stuck_after: timedelta, now: datetime | None = None, limit: int = 1000
+) -> list[Image]:
+    """Rows never sent (broker was down) or stuck in queued/processing longer than `stuck_after`."""
+    cutoff = (now or utcnow()) - stuck_after
+    return list(
+        session.scalars(
+            select(Image)
+            .where(
+                or_(
+                    (Image.status == ImageStatus.QUEUED) & Image.enqueued_at.is_(None),
+                    Image.status.in_([ImageStatus.QUEUED, ImageStatus.PROCESSING])
+                    & (Image.updated_at < cutoff),
+                )
+            )
+            .order_by(Image.id)
+            .limit(limit)
+        )
+    )
+
+
+def list_images(
+    *, session: Session, limit: int = 50, status: str | None = None
+) -> list[Image]:
+    """Newest first, with their predictions loaded."""
+    query = select(Image).options(selectinload(Image.predictions)).order_by(Image.id.desc())
+    if status:
+        query = query.where(Image.status == status)
+    return list(session.scalars(query.limit(limit)))
+
+
+def latest_prediction(image: Image) -> Prediction | None:
+    return max(image.predictions, key=lambda p: p.created_at, default=None)

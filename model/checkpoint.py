@@ -1,0 +1,109 @@
+"""Checkpoint I/O: one dict that carries everything inference needs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from model import architectures
+from model.preprocess import Preset
+
+FORMAT = 1
+CLASS_NAMES = ("not_fractured", "fractured")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable or lacks a required field."""
+
+
+@dataclass
+class Checkpoint:
+    arch: str
+    state_dict: dict[str, torch.Tensor]
+    preset: Preset = field(default_factory=Preset)
+    class_names: tuple[str, str] = CLASS_NAMES
+    threshold: float = 0.5
+    temperature: float = 1.0
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    version: str = ""
+
+    def build_network(self) -> nn.Module:
+        net = architectures.build(self.arch, pretrained=False, **self.arch_kwargs)
+        net.load_state_dict(self.state_dict)
+        return net.eval()
+
+    def compute_version(self) -> str:
+        """A content hash over weights and every inference parameter."""
+        digest = hashlib.sha256()
+        meta = f"{self.arch}|{self.arch_kwargs}|{self.preset}|{self.class_names}|"
+        meta += f"{self.threshold:.6f}|{self.temperature:.6f}"
+        digest.update(meta.encode())
+        for name in sorted(self.state_dict):
+            digest.update(name.encode())
+            digest.update(self.state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+        return f"{self.arch}-{digest.hexdigest()[:12]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "arch": self.arch,
+            "arch_kwargs": self.arch_kwargs,
+            "state_dict": self.state_dict,
+            "preprocess": self.preset.to_dict(),
+            "class_names": list(self.class_names),
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "version": self.version or self.compute_version(),
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_network(cls, arch: str, net: nn.Module, **kwargs: Any) -> Checkpoint:
+        state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        checkpoint = cls(arch=arch, state_dict=state, **kwargs)
+        checkpoint.version = checkpoint.compute_version()
+        return checkpoint
+
+
+def save(checkpoint: Checkpoint, path: Path) -> Path:
+    checkpoint.version = checkpoint.compute_version()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(checkpoint.to_dict(), buffer)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(path)
+    return path
+
+
+def load(path: Path) -> Checkpoint:
+    if not path.is_file():
+        raise CheckpointError(f"model file not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"cannot read model file {path}: {exc}") from exc
+    missing = {"arch", "state_dict", "preprocess", "threshold"} - set(data)
+    if missing:
+        raise CheckpointError(f"{path} is not a fracture checkpoint (missing {sorted(missing)})")
+    checkpoint = Checkpoint(
+        arch=data["arch"],
+        state_dict=data["state_dict"],
+        preset=Preset.from_dict(data["preprocess"]),
+        class_names=tuple(data.get("class_names", CLASS_NAMES)),  # type: ignore[arg-type]
+        threshold=float(data["threshold"]),
+        temperature=float(data.get("temperature", 1.0)),
+        arch_kwargs=dict(data.get("arch_kwargs", {})),
+        extra=dict(data.get("extra", {})),
+        version=str(data.get("version", "")),
+    )
+    if not checkpoint.version:
+        checkpoint.version = checkpoint.compute_version()
+    return checkpoint

@@ -1,0 +1,55 @@
+"""The one preprocessing preset: decoded greyscale pixels → normalised 3-channel tensor.
+
+Its parameters travel in the checkpoint, so training, worker, CLI and dashboard agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preset:
+    size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preset:
+        return cls(size=int(data["size"]), mean=tuple(data["mean"]), std=tuple(data["std"]))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+
+    def resize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(H, W) floats in [0, 1] → (1, size, size), antialiased, aspect ratio not kept.
+
+        Squashing rather than cropping keeps every bone in view; radiographs are rarely
+        far from square (FracAtlas: mostly 373×454).
+        """
+        tensor = torch.as_tensor(pixels, dtype=torch.float32)
+        if tensor.ndim != 2:
+            raise ValueError(f"expected (H, W) greyscale pixels, got shape {tuple(tensor.shape)}")
+        resized = F.interpolate(
+            tensor[None, None], size=(self.size, self.size), mode="bilinear", antialias=True,
+            align_corners=False,
+        )
+        return resized[0].clamp_(0.0, 1.0)
+
+    def normalise(self, grey: torch.Tensor) -> torch.Tensor:
+        """(…, 1, H, W) in [0, 1] → (…, 3, H, W) normalised with the preset's mean and std."""
+        mean = torch.tensor(self.mean, dtype=grey.dtype, device=grey.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=grey.dtype, device=grey.device).view(3, 1, 1)
+        rgb = grey.expand(*grey.shape[:-3], 3, *grey.shape[-2:])
+        return (rgb - mean) / std
+
+    def __call__(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.normalise(self.resize(pixels))

@@ -1,0 +1,52 @@
+"""Sending image ids to the workers: the one arrow from watcher/dashboard into the queue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.session import transaction
+from worker.app import PREDICT_TASK, UPLOAD_TASK
+
+log = logging.getLogger(__name__)
+
+
+def send(app: Celery, image_ids: Sequence[int], *, upload: bool = False) -> bool:
+    """Publish one message per image id; False when the broker is unreachable."""
+    task = UPLOAD_TASK if upload else PREDICT_TASK
+    try:
+        with app.producer_or_acquire() as producer:
+            for image_id in image_ids:
+                app.send_task(
+                    task,
+                    args=[int(image_id)],
+                    producer=producer,
+                    retry=True,
+                    retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+                )
+    except (OperationalError, ConnectionError, OSError) as exc:
+        log.warning("broker unreachable, %d image(s) stay queued: %s", len(image_ids), exc)
+        return False
+    return True
+
+
+def enqueue(
+    app: Celery,
+    factory: sessionmaker[Session],
+    image_ids: Sequence[int],
+    *,
+    upload: bool = False,
+) -> bool:
+    """Send the ids and record when; rows stay `queued` with no send time if it fails."""
+    if not image_ids:
+        return True
+    if not send(app, image_ids, upload=upload):
+        return False
+    with transaction(factory) as session:
+        queries.mark_enqueued(session=session, image_ids=image_ids)
+    return True

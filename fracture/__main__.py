@@ -1,0 +1,3 @@
+from fracture.cli import main
+
+main()

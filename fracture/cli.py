@@ -1,0 +1,279 @@
+"""The `fracture` command line: flags override FRACTURE_* environment, which overrides defaults."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from fracture.settings import Settings
+
+app = typer.Typer(
+    help="X-ray fracture screening pipeline. Decision support only, not for clinical use.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+log = logging.getLogger("fracture")
+
+InboxOpt = Annotated[Path | None, typer.Option("--inbox", help="watched folder [FRACTURE_INBOX]")]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="database, uploads, heatmaps [FRACTURE_DATA_DIR]")
+]
+ModelOpt = Annotated[
+    Path | None, typer.Option("--model", help="checkpoint file [FRACTURE_MODEL_PATH]")
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")]
+DbOpt = Annotated[str | None, typer.Option("--database-url", help="[FRACTURE_DATABASE_URL]")]
+
+
+class UserError(Exception):
+    """Shown as one line, exit status 2, no traceback."""
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def build_settings(**overrides: Any) -> Settings:
+    """Settings from the environment with the given (non-None) flag values on top."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise UserError(f"invalid settings: {problems}") from exc
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line and exit status 2."""
+    from db.migrate import upgrade  # noqa: F401  (import errors surface early)
+    from model.checkpoint import CheckpointError
+    from model.decode import DecodeError
+
+    try:
+        app()
+    except (UserError, CheckpointError, DecodeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+@app.command()
+def up(
+    inbox: InboxOpt = None,
+    data_dir: DataOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dashboard: Annotated[bool, typer.Option(help="also serve the dashboard")] = True,
+) -> None:
+    """Run everything on this machine: broker (if none configured), worker, watcher, dashboard."""
+    from fracture.supervisor import run_all
+
+    settings = build_settings(inbox=inbox, data_dir=data_dir, model_path=model, device=device)
+    setup_logging(settings.log_level)
+    sys.exit(run_all(settings, with_dashboard=dashboard))
+
+
+def _broker_url(settings: Settings) -> str:
+    if not settings.broker_url:
+        raise UserError(
+            "FRACTURE_BROKER_URL is not set: use `fracture up` for a private broker, "
+            "or point this process at a running Redis (redis://host:6379/0)"
+        )
+    return settings.broker_url
+
+
+@app.command()
+def worker(
+    data_dir: DataOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    database_url: DbOpt = None,
+    name: Annotated[str | None, typer.Option(help="worker name in the broker")] = None,
+) -> None:
+    """Consume queued images and store predictions (needs FRACTURE_BROKER_URL)."""
+    settings = build_settings(
+        data_dir=data_dir, model_path=model, device=device, database_url=database_url
+    )
+    setup_logging(settings.log_level)
+    from worker.main import run_worker
+
+    try:
+        run_worker(settings, _broker_url(settings), name=name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+
+
+@app.command()
+def watch(
+    inbox: InboxOpt = None,
+    data_dir: DataOpt = None,
+    database_url: DbOpt = None,
+    polling: Annotated[bool | None, typer.Option(help="poll instead of OS events")] = None,
+) -> None:
+    """Watch the inbox: register each complete file and queue it (needs FRACTURE_BROKER_URL)."""
+    settings = build_settings(
+        inbox=inbox, data_dir=data_dir, database_url=database_url, polling=polling
+    )
+    setup_logging(settings.log_level)
+    from watcher.main import run_watcher
+
+    run_watcher(settings, _broker_url(settings))
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    data_dir: DataOpt = None,
+    port: Annotated[int | None, typer.Option(help="[FRACTURE_DASHBOARD_PORT]")] = None,
+) -> None:
+    """Serve the Streamlit dashboard."""
+    from fracture.supervisor import dashboard_command
+
+    settings = build_settings(data_dir=data_dir, dashboard_port=port)
+    setup_logging(settings.log_level)
+    import subprocess
+
+    sys.exit(subprocess.call(dashboard_command(settings)))
+
+
+@app.command()
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="image files to score")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Score files directly with the model (no queue, no database)."""
+    import hashlib
+
+    from model.decode import DecodeError
+    from model.inference import Classifier
+
+    settings = build_settings(model_path=model, device=device)
+    setup_logging("WARNING")
+    classifier = Classifier.load(settings.resolved_model_path, device=settings.device)
+    outcomes = classifier.predict_sources(files)
+    for path, outcome in zip(files, outcomes, strict=True):
+        try:
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            sha = None
+        record: dict[str, Any] = {
+            "path": str(path),
+            "sha256": sha,
+            "status": "failed" if isinstance(outcome, DecodeError) else "done",
+            "label": None if isinstance(outcome, DecodeError) else outcome.label,
+            "probability": None if isinstance(outcome, DecodeError) else outcome.probability,
+            "threshold": classifier.threshold,
+            "model_version": classifier.version,
+            "error": str(outcome) if isinstance(outcome, DecodeError) else None,
+        }
+        if as_json:
+            typer.echo(json.dumps(record))
+        elif record["error"]:
+            typer.echo(f"{path}: failed: {record['error']}")
+        else:
+            typer.echo(
+                f"{path}: {record['label']} (p={record['probability']:.3f}, "
+                f"threshold {classifier.threshold:.3f})"
+            )
+    if not as_json:
+        typer.echo("Decision support only, not for clinical use.")
+
+
+@app.command()
+def results(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="newest N images")] = 50,
+    status: Annotated[str | None, typer.Option(help="queued|processing|done|failed")] = None,
+    data_dir: DataOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """List stored images and their latest prediction, newest first."""
+    from db import queries
+    from db.migrate import upgrade
+    from db.models import ImageStatus
+    from db.session import make_engine, make_session_factory
+
+    if status is not None and status not in {s.value for s in ImageStatus}:
+        raise UserError(
+            f"unknown status {status!r}; choose one of {', '.join(s.value for s in ImageStatus)}"
+        )
+    settings = build_settings(data_dir=data_dir, database_url=database_url)
+    upgrade(settings.resolved_database_url)
+    factory = make_session_factory(make_engine(settings.resolved_database_url))
+    with factory() as session:
+        images = queries.list_images(session=session, limit=limit, status=status)
+        for image in images:
+            prediction = queries.latest_prediction(image)
+            record = {
+                "id": image.id,
+                "path": image.filename,
+                "sha256": image.sha256,
+                "source": image.source,
+                "status": image.status,
+                "label": prediction.label if prediction else None,
+                "probability": prediction.probability if prediction else None,
+                "threshold": prediction.threshold if prediction else None,
+                "model_version": prediction.model_version if prediction else None,
+                "region": prediction.region if prediction else None,
+                "error": image.error,
+                "warning": image.warning,
+                "received_at": image.received_at.isoformat(),
+            }
+            if as_json:
+                typer.echo(json.dumps(record))
+            else:
+                verdict = (
+                    f"{record['label']} p={record['probability']:.3f}"
+                    if prediction
+                    else (image.error or "")
+                )
+                typer.echo(f"{image.id:>6}  {image.status:<10}  {image.filename}  {verdict}")
+    if not as_json:
+        typer.echo("Decision support only, not for clinical use.")
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataOpt = None, database_url: DbOpt = None) -> None:
+    """Apply all migrations to the configured database."""
+    from db.migrate import upgrade
+
+    settings = build_settings(data_dir=data_dir, database_url=database_url)
+    setup_logging(settings.log_level)
+    upgrade(settings.resolved_database_url)
+    typer.echo("database schema is up to date")
+
+
+def _register_model_commands() -> None:
+    from importlib.util import find_spec
+
+    if find_spec("fracture.model_commands") is not None:
+        from fracture import model_commands
+
+        model_commands.register(app)
+
+
+_register_model_commands()
+
+if __name__ == "__main__":
+    main()

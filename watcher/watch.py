@@ -1,0 +1,307 @@
+"""Inbox watcher: a complete file → hashed → image row (queued) → id sent to the workers."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from db import queries
+from db.models import ImageStatus
+from db.session import transaction
+from worker import client
+from worker.app import BULK_QUEUE, UPLOAD_QUEUE
+
+log = logging.getLogger(__name__)
+
+IGNORED_PATTERNS = (".*", "*.part", "*.tmp", "*~", "*.crdownload", "*.partial")
+CLOSED_SETTLE_S = 0.3  # after a close-write or move-in, only a short quiet period is needed
+
+
+def is_ignored(path: Path) -> bool:
+    return any(fnmatch.fnmatch(part, pattern) for part in path.parts for pattern in IGNORED_PATTERNS)
+
+
+@dataclass
+class _Pending:
+    signature: tuple[int, int] | None
+    changed_at: float
+    closed: bool = False
+
+
+class ArrivalTracker:
+    """Decides when a file is complete: unchanged size and mtime for the settle time."""
+
+    def __init__(self, settle_s: float) -> None:
+        self.settle_s = settle_s
+        self._pending: dict[Path, _Pending] = {}
+        self._lock = threading.Lock()
+
+    def touch(self, path: Path, *, closed: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            entry = self._pending.get(path)
+            if entry is None:
+                self._pending[path] = _Pending(signature=None, changed_at=now, closed=closed)
+            else:
+                entry.closed = entry.closed or closed
+                if not closed:
+                    entry.changed_at = now
+
+    def ready(self) -> list[Path]:
+        """Paths whose size and mtime have been stable long enough; removes them."""
+        now = time.monotonic()
+        done: list[Path] = []
+        with self._lock:
+            items = list(self._pending.items())
+        for path, entry in items:
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                with self._lock:
+                    self._pending.pop(path, None)
+                continue
+            except OSError:
+                continue
+            signature = (stat.st_size, stat.st_mtime_ns)
+            if signature != entry.signature:
+                entry.signature = signature
+                entry.changed_at = now
+                continue
+            quiet = CLOSED_SETTLE_S if entry.closed else self.settle_s
+            if now - entry.changed_at >= quiet:
+                done.append(path)
+        with self._lock:
+            for path in done:
+                self._pending.pop(path, None)
+        return done
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+class _InboxHandler(FileSystemEventHandler):
+    def __init__(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("deleted", "closed_no_write", "opened"):
+            return
+        raw = event.dest_path if event.event_type == "moved" else event.src_path
+        path = Path(os.fsdecode(raw))
+        if event.is_directory:
+            if event.event_type in ("created", "moved"):
+                self.watcher.scan(path)
+            return
+        self.watcher.offer(path, closed=event.event_type in ("closed", "moved"))
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class Watcher:
+    def __init__(
+        self,
+        *,
+        inbox: Path,
+        app: Celery,
+        factory: sessionmaker[Session],
+        settle_s: float = 1.0,
+        polling: bool = False,
+        hash_threads: int = 2,
+        sweep_interval_s: float = 15.0,
+        stuck_after_s: float = 120.0,
+    ) -> None:
+        self.inbox = inbox.resolve()
+        self.app = app
+        self.factory = factory
+        self.tracker = ArrivalTracker(settle_s)
+        self.polling = polling
+        self.sweep_interval_s = sweep_interval_s
+        self.stuck_after = timedelta(seconds=stuck_after_s)
+        self._hash_pool = ThreadPoolExecutor(max_workers=max(1, hash_threads))
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._observer: Observer | PollingObserver | None = None
+
+    # -- arrival -------------------------------------------------------------------
+    def offer(self, path: Path, *, closed: bool = False) -> None:
+        if is_ignored(path.relative_to(self.inbox) if path.is_relative_to(self.inbox) else path):
+            return
+        self.tracker.touch(path, closed=closed)
+
+    def scan(self, root: Path | None = None) -> int:
+        """Offer every file under `root` (default: the inbox) — catches files dropped while down."""
+        count = 0
+        for dirpath, dirnames, filenames in os.walk(root or self.inbox, followlinks=False):
+            dirnames[:] = [d for d in dirnames if not is_ignored(Path(d))]
+            for name in filenames:
+                self.offer(Path(dirpath) / name)
+                count += 1
+        return count
+
+    # -- registration ----------------------------------------------------------------
+    def _describe(self, path: Path) -> tuple[str, int, str, str | None]:
+        """(sha256, size, path to read, rejection reason) for a settled file."""
+        relative = path.relative_to(self.inbox)
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(self.inbox):
+                digest = hashlib.sha256(f"rejected-symlink:{relative}".encode()).hexdigest()
+                return digest, 0, str(path), "symbolic link pointing outside the inbox: not read"
+        sha, size = sha256_file(path)
+        return sha, size, str(path), None
+
+    def register(self, paths: Iterable[Path]) -> list[int]:
+        """Hash, register and enqueue settled files; returns the ids sent."""
+        paths = list(paths)
+        described = list(self._hash_pool.map(self._safe_describe, paths))
+        new_ids: list[int] = []
+        with transaction(self.factory) as session:
+            for path, info in zip(paths, described, strict=True):
+                if info is None:
+                    continue
+                sha, size, stored_path, rejection = info
+                image, created = queries.register_image(
+                    session=session,
+                    sha256=sha,
+                    path=stored_path,
+                    filename=str(path.relative_to(self.inbox)),
+                    size=size,
+                    fmt=path.suffix.lower().lstrip(".") or None,
+                )
+                if not created:
+                    log.info("duplicate of image %d ignored: %s", image.id, path.name)
+                    continue
+                if rejection:
+                    image.status = ImageStatus.FAILED
+                    image.error = rejection
+                    log.warning("rejected %s: %s", path.name, rejection)
+                    continue
+                session.flush()
+                new_ids.append(image.id)
+        if new_ids:
+            client.enqueue(self.app, self.factory, new_ids)
+            log.info("registered and queued %d new image(s)", len(new_ids))
+        return new_ids
+
+    def _safe_describe(self, path: Path) -> tuple[str, int, str, str | None] | None:
+        try:
+            return self._describe(path)
+        except FileNotFoundError:
+            log.info("file vanished before it was registered: %s", path.name)
+        except OSError as exc:
+            log.warning("cannot read %s: %s", path.name, exc.strerror or exc)
+        return None
+
+    # -- sweeping --------------------------------------------------------------------
+    def queue_depth(self) -> int | None:
+        try:
+            with self.app.connection_for_read() as connection:
+                channel = connection.default_channel
+                return sum(
+                    channel.queue_declare(queue=name, passive=True).message_count
+                    for name in (BULK_QUEUE, UPLOAD_QUEUE)
+                )
+        except Exception as exc:  # noqa: BLE001 - any broker failure means "unknown depth"
+            log.debug("queue depth unavailable: %s", exc)
+            return None
+
+    def sweep(self) -> int:
+        """Re-send rows never sent, or stuck while no backlog explains the wait."""
+        depth = self.queue_depth()
+        with transaction(self.factory) as session:
+            rows = queries.images_to_resend(session=session, stuck_after=self.stuck_after)
+            unsent = [r.id for r in rows if r.enqueued_at is None]
+            stuck = [r.id for r in rows if r.enqueued_at is not None]
+        # A non-empty queue means workers are still working through a backlog.
+        resend = unsent + (stuck if depth == 0 else [])
+        if resend and client.enqueue(self.app, self.factory, resend):
+            log.info("sweeper re-sent %d image(s) (%d never sent)", len(resend), len(unsent))
+            return len(resend)
+        return 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    def _settle_loop(self) -> None:
+        while not self._stop.is_set():
+            ready = self.tracker.ready()
+            for start in range(0, len(ready), 200):
+                try:
+                    self.register(ready[start : start + 200])
+                except Exception:
+                    log.exception("registering %d file(s) failed; will rescan", len(ready))
+                    for path in ready[start : start + 200]:
+                        self.tracker.touch(path)
+            self._stop.wait(0.2)
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.sweep_interval_s):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("sweep failed; retrying at the next interval")
+
+    def start(self) -> None:
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        observer_cls = PollingObserver if self.polling else Observer
+        self._observer = observer_cls()
+        self._observer.schedule(_InboxHandler(self), str(self.inbox), recursive=True)
+        self._observer.start()
+        found = self.scan()
+        log.info(
+            "watching %s (%s); %d file(s) already there",
+            self.inbox,
+            "polling" if self.polling else "native events",
+            found,
+        )
+        self._threads = [
+            threading.Thread(target=self._settle_loop, name="settle", daemon=True),
+            threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        try:
+            self.sweep()
+        except Exception:
+            log.exception("initial sweep failed")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._hash_pool.shutdown(wait=False)
+
+    def run_forever(self) -> None:
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        finally:
+            self.stop()

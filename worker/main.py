@@ -1,0 +1,57 @@
+"""`fracture worker`: load the model once, consume both queues, one batch at a time."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from functools import cache
+
+from db.migrate import upgrade
+from db.session import make_engine, make_session_factory
+from fracture.settings import Settings
+from model.inference import Classifier
+from worker.app import BULK_QUEUE, UPLOAD_QUEUE, make_celery
+from worker.processing import BatchProcessor
+from worker.tasks import bind_tasks
+
+log = logging.getLogger(__name__)
+
+
+def build_processor(settings: Settings) -> BatchProcessor:
+    classifier = Classifier.load(
+        settings.resolved_model_path, device=settings.device, max_pixels=settings.max_pixels
+    )
+    engine = make_engine(settings.resolved_database_url)
+    return BatchProcessor(
+        classifier,
+        make_session_factory(engine),
+        heatmaps_dir=settings.heatmaps_dir,
+        heatmaps=settings.heatmaps,
+    )
+
+
+def run_worker(settings: Settings, broker_url: str, *, name: str | None = None) -> None:
+    """Block consuming tasks until a shutdown signal; finishes the running batch on SIGTERM."""
+    settings.ensure_dirs()
+    upgrade(settings.resolved_database_url)
+    app = make_celery(settings, broker_url)
+    processor = cache(lambda: build_processor(settings))
+    processor()  # load now: fail at start-up, not on the first image
+    bind_tasks(app, settings, processor)
+    hostname = name or f"fracture-worker-{os.getpid()}@{socket.gethostname()}"
+    worker = app.Worker(
+        hostname=hostname,
+        # solo: the model lives in this process and CUDA is never initialised before a fork.
+        pool="solo",
+        concurrency=1,
+        queues=[UPLOAD_QUEUE, BULK_QUEUE],
+        loglevel=settings.log_level,
+        without_gossip=True,
+        without_mingle=True,
+        optimization="fair",
+    )
+    worker.start()
+    code = getattr(worker, "exitcode", 0) or 0
+    if code:
+        raise SystemExit(code)

@@ -1,0 +1,181 @@
+"""One batch of image ids → decoded, predicted, explained and stored in one transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image as PILImage
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.session import transaction
+from model.decode import DecodeError
+from model.inference import Classifier, Prepared
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchOutcome:
+    done: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    skipped: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Claimed:
+    image_id: int
+    path: str
+    sha256: str
+
+
+def read_verified(path: str, sha256: str) -> bytes:
+    """The file's bytes, provided they are still the bytes that were registered."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise DecodeError("file was deleted or moved before it could be processed") from exc
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from exc
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise DecodeError("file was replaced after it was registered (contents changed)")
+    return data
+
+
+class BatchProcessor:
+    """Holds the loaded model; `process` is what the Celery tasks call."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        factory: sessionmaker[Session],
+        *,
+        heatmaps_dir: Path,
+        heatmaps: str = "positive",
+    ) -> None:
+        self.classifier = classifier
+        self.factory = factory
+        self.heatmaps_dir = heatmaps_dir
+        self.heatmaps = heatmaps
+
+    def process(self, image_ids: Sequence[int]) -> BatchOutcome:
+        started = time.perf_counter()
+        outcome = BatchOutcome()
+        with transaction(self.factory) as session:
+            images = queries.claim_images(
+                session=session, image_ids=image_ids, model_version=self.classifier.version
+            )
+            claimed = [Claimed(i.id, i.path, i.sha256) for i in images]
+        outcome.skipped = sorted(set(image_ids) - {c.image_id for c in claimed})
+        if not claimed:
+            return outcome
+
+        sources: list[bytes | DecodeError] = []
+        for item in claimed:
+            try:
+                sources.append(read_verified(item.path, item.sha256))
+            except DecodeError as exc:
+                sources.append(exc)
+        readable = [s for s in sources if isinstance(s, bytes)]
+        prepared_iter = iter(self.classifier.prepare_many(readable))
+        prepared = [next(prepared_iter) if isinstance(s, bytes) else s for s in sources]
+
+        good = [(c, p) for c, p in zip(claimed, prepared, strict=True) if isinstance(p, Prepared)]
+        for item, result in zip(claimed, prepared, strict=True):
+            if isinstance(result, DecodeError):
+                outcome.failed[item.image_id] = str(result)
+
+        new_predictions: list[queries.NewPrediction] = []
+        metadata: dict[int, dict[str, object]] = {}
+        if good:
+            import torch
+
+            batch = torch.stack([p.tensor for _, p in good])
+            results = self.classifier.predict(batch)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            heatmap_paths = self._heatmaps(good, results)
+            for (item, prep), result in zip(good, results, strict=True):
+                metadata[item.image_id] = {
+                    "width": prep.decoded.width,
+                    "height": prep.decoded.height,
+                    "format": prep.decoded.format,
+                    **prep.decoded.metadata,
+                }
+                new_predictions.append(
+                    queries.NewPrediction(
+                        image_id=item.image_id,
+                        model_version=result.model_version,
+                        label=result.label,
+                        probability=result.probability,
+                        threshold=result.threshold,
+                        batch_size=len(good),
+                        inference_ms=elapsed_ms,
+                        heatmap_path=heatmap_paths.get(item.image_id),
+                    )
+                )
+                outcome.done.append(item.image_id)
+
+        with transaction(self.factory) as session:
+            queries.store_batch(
+                session=session,
+                predictions=new_predictions,
+                failures=outcome.failed,
+                metadata=_known_columns(metadata),
+            )
+        outcome.seconds = time.perf_counter() - started
+        log.info(
+            "batch of %d: %d done, %d failed, %d skipped in %.0f ms",
+            len(image_ids),
+            len(outcome.done),
+            len(outcome.failed),
+            len(outcome.skipped),
+            outcome.seconds * 1000,
+        )
+        return outcome
+
+    def _heatmaps(self, good: list[tuple[Claimed, Prepared]], results: list) -> dict[int, str]:
+        if self.heatmaps == "none":
+            return {}
+        wanted = [
+            (item, prep)
+            for (item, prep), result in zip(good, results, strict=True)
+            if self.heatmaps == "all" or result.label == self.classifier.checkpoint.class_names[1]
+        ]
+        if not wanted:
+            return {}
+        overlays = self.classifier.heatmaps([p for _, p in wanted])
+        self.heatmaps_dir.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for (item, _), overlay in zip(wanted, overlays, strict=True):
+            target = self.heatmaps_dir / f"{item.sha256}-{self.classifier.version}.png"
+            PILImage.fromarray(overlay).save(target)
+            paths[item.image_id] = str(target)
+        return paths
+
+
+_IMAGE_COLUMNS = {
+    "width",
+    "height",
+    "format",
+    "modality",
+    "body_part",
+    "view_position",
+    "study_date",
+    "photometric",
+    "bits_stored",
+    "patient_hash",
+    "warning",
+}
+
+
+def _known_columns(metadata: dict[int, dict[str, object]]) -> dict[int, dict[str, object]]:
+    return {
+        image_id: {k: v for k, v in fields.items() if k in _IMAGE_COLUMNS}
+        for image_id, fields in metadata.items()
+    }

@@ -24,7 +24,6 @@ from db import queries
 from db.models import ImageStatus
 from db.session import transaction
 from worker import client
-from worker.app import BULK_QUEUE, UPLOAD_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -217,16 +216,7 @@ class Watcher:
 
     # -- sweeping --------------------------------------------------------------------
     def queue_depth(self) -> int | None:
-        try:
-            with self.app.connection_for_read() as connection:
-                channel = connection.default_channel
-                return sum(
-                    channel.queue_declare(queue=name, passive=True).message_count
-                    for name in (BULK_QUEUE, UPLOAD_QUEUE)
-                )
-        except Exception as exc:  # noqa: BLE001 - any broker failure means "unknown depth"
-            log.debug("queue depth unavailable: %s", exc)
-            return None
+        return client.queue_depth(self.app)
 
     def sweep(self) -> int:
         """Re-send rows never sent, or stuck while no backlog explains the wait."""

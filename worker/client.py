@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.session import transaction
-from worker.app import PREDICT_TASK, UPLOAD_TASK
+from worker.app import BULK_QUEUE, PREDICT_TASK, UPLOAD_QUEUE, UPLOAD_TASK
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +50,27 @@ def enqueue(
     with transaction(factory) as session:
         queries.mark_enqueued(session=session, image_ids=image_ids)
     return True
+
+
+def queue_depth(app: Celery) -> int | None:
+    """Messages waiting in both queues (not counting those held by workers); None if unknown."""
+    try:
+        with app.connection_for_read() as connection:
+            channel = connection.default_channel
+            return sum(
+                channel.queue_declare(queue=name, passive=True).message_count
+                for name in (BULK_QUEUE, UPLOAD_QUEUE)
+            )
+    except (OperationalError, ConnectionError, OSError) as exc:
+        log.debug("queue depth unavailable: %s", exc)
+        return None
+
+
+def live_workers(app: Celery, timeout: float = 1.0) -> list[str]:
+    """Names of workers that answer a ping within `timeout` seconds."""
+    try:
+        replies = app.control.ping(timeout=timeout) or []
+    except (OperationalError, ConnectionError, OSError) as exc:
+        log.debug("worker ping failed: %s", exc)
+        return []
+    return sorted(name for reply in replies for name in reply)

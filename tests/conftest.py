@@ -1,0 +1,68 @@
+"""Fixtures: real broker and PostgreSQL servers, a tiny model, per-test data folders."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fracture.broker import PrivateBroker, free_port
+from tests.helpers import IN_CI, PostgresServer, make_tiny_checkpoint
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for tier in TIERS:
+            if tier in parts:
+                item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def broker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    broker = PrivateBroker(tmp_path_factory.mktemp("broker")).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def broker_url(broker_server: PrivateBroker) -> str:
+    """A clean broker database for each test."""
+    import redis
+
+    redis.Redis.from_url(broker_server.url).flushall()
+    return broker_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    if not PostgresServer.available():
+        if IN_CI:
+            pytest.fail("PostgreSQL server binaries are required in CI (pg_config, runuser)")
+        pytest.skip("PostgreSQL server binaries not installed")
+    base = Path("/tmp") / f"fracture-pg-{uuid.uuid4().hex[:8]}"
+    server = PostgresServer(base, free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    return postgres_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each database test runs on a real SQLite file and a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fracture.db'}"
+    return str(request.getfixturevalue("postgres_url"))

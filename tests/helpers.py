@@ -1,0 +1,153 @@
+"""Shared test helpers: real servers (broker, PostgreSQL), a tiny fixed-weight model, processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from model import architectures, checkpoint
+from model.preprocess import Preset
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = (REPO.parent / "shared").resolve()
+FRACATLAS = SHARED / "data" / "fracatlas"
+BAD_INPUTS = SHARED / "data" / "bad-inputs"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def make_tiny_checkpoint(path: Path, *, seed: int = 0, size: int = 64) -> Path:
+    """A seed CNN with fixed random weights: exact, fast, and independent of the shipped model."""
+    torch.manual_seed(seed)
+    net = architectures.build("seed_cnn", size=size)
+    ckpt = checkpoint.Checkpoint.from_network(
+        "seed_cnn", net, preset=Preset(size=size), arch_kwargs={"size": size}, threshold=0.5
+    )
+    return checkpoint.save(ckpt, path)
+
+
+def sample_images() -> list[Path]:
+    """Small real radiographs shipped with the tests (see tests/fixtures/README.md)."""
+    return sorted(p for p in FIXTURES.glob("*.jpg"))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+class PostgresServer:
+    """A private PostgreSQL server in a temp dir, run as the `postgres` user."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.bindir = Path(
+            subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
+        )
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("pg_config") is not None and shutil.which("runuser") is not None
+
+    def _as_postgres(self, *command: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command],
+            check=True,
+            capture_output=True,
+            cwd="/",
+        )
+
+    def start(self) -> PostgresServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.directory, "postgres", "postgres")
+        data = self.directory / "data"
+        self._as_postgres(
+            str(self.bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+            "-E", "UTF8", "--no-sync",
+        )  # fmt: skip
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._as_postgres(
+            str(self.bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-t", "60",
+            "-l", str(self.directory / "server.log"), "start",
+        )  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        try:
+            self._as_postgres(
+                str(self.bindir / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast",
+                "-w", "stop",
+            )  # fmt: skip
+        except subprocess.CalledProcessError:
+            pass
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(
+            f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+def fracture_env(**values: str | Path | int | float) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRACTURE_")}
+    env.update({f"FRACTURE_{k.upper()}": str(v) for k, v in values.items()})
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+@contextmanager
+def running(
+    args: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process for the duration of the block; its output goes to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd or REPO,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield process
+        finally:
+            stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def fracture_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fracture", *args]

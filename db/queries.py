@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -11,6 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import Image, ImageSource, ImageStatus, Prediction, utcnow
+
+log = logging.getLogger(__name__)
 
 
 def register_image(
@@ -131,7 +134,8 @@ def store_batch(
             )
         )
         if exists is None:
-            session.add(
+            _insert_once(
+                session,
                 Prediction(
                     image_id=new.image_id,
                     model_version=new.model_version,
@@ -144,7 +148,7 @@ def store_batch(
                     heatmap_path=new.heatmap_path,
                     batch_size=new.batch_size,
                     inference_ms=new.inference_ms,
-                )
+                ),
             )
         image.status = ImageStatus.DONE
         image.error = None
@@ -160,17 +164,38 @@ def store_batch(
         image.updated_at = utcnow()
 
 
+def _insert_once(session: Session, row: Prediction) -> None:
+    """Insert, tolerating a concurrent worker that stored the same image + model version first."""
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        log.info("prediction for image %d already stored by another worker", row.image_id)
+
+
 def images_to_resend(
-    *, session: Session, stuck_after: timedelta, now: datetime | None = None, limit: int = 1000
+    *,
+    session: Session,
+    stuck_after: timedelta,
+    now: datetime | None = None,
+    unsent_after: timedelta = timedelta(seconds=10),
+    limit: int = 1000,
 ) -> list[Image]:
-    """Rows never sent (broker was down) or stuck in queued/processing longer than `stuck_after`."""
-    cutoff = (now or utcnow()) - stuck_after
+    """Rows never sent (broker was down) or stuck in queued/processing longer than `stuck_after`.
+
+    A row is only "never sent" once `unsent_after` has passed since it was registered, so a
+    sweep cannot race the watcher's own send between commit and `mark_enqueued`.
+    """
+    now = now or utcnow()
+    cutoff = now - stuck_after
     return list(
         session.scalars(
             select(Image)
             .where(
                 or_(
-                    (Image.status == ImageStatus.QUEUED) & Image.enqueued_at.is_(None),
+                    (Image.status == ImageStatus.QUEUED)
+                    & Image.enqueued_at.is_(None)
+                    & (Image.updated_at < now - unsent_after),
                     Image.status.in_([ImageStatus.QUEUED, ImageStatus.PROCESSING])
                     & (Image.updated_at < cutoff),
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -150,9 +151,9 @@ def dashboard_cmd(
 
     settings = build_settings(data_dir=data_dir, dashboard_port=port)
     setup_logging(settings.log_level)
-    import subprocess
-
-    sys.exit(subprocess.call(dashboard_command(settings)))
+    command = dashboard_command(settings)
+    # Replace this process so Streamlit itself receives SIGTERM and stops cleanly.
+    os.execv(command[0], command)
 
 
 @app.command()

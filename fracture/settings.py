@@ -39,9 +39,11 @@ class Settings(BaseSettings):
     hash_threads: int = 2
 
     sweep_interval_s: float = 15.0
-    stuck_after_s: float = Field(120.0, description="re-send images queued/processing this long")
-    visibility_timeout_s: int = 600
-    task_time_limit_s: int = 300
+    stuck_after_s: float = Field(
+        120.0, description="re-send images queued/processing this long (> task time limit)"
+    )
+    visibility_timeout_s: int = Field(600, description="broker redelivery of unacked messages")
+    task_time_limit_s: int = Field(60, description="a batch running longer is aborted")
 
     heatmaps: Literal["positive", "all", "none"] = "positive"
     max_pixels: int = Field(80_000_000, description="refuse images with more pixels than this")
@@ -68,6 +70,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "FRACTURE_WORKER_PREFETCH must be at least FRACTURE_BATCH_SIZE "
                 f"({self.worker_prefetch} < {self.batch_size}), or batches never fill"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _timeouts_ordered(self) -> Settings:
+        # A batch may run up to the time limit; only after that may the sweeper assume it
+        # was lost, and the broker's own redelivery is the slowest backstop.
+        if not self.task_time_limit_s < self.stuck_after_s <= self.visibility_timeout_s:
+            raise ValueError(
+                "timeouts must satisfy FRACTURE_TASK_TIME_LIMIT_S < FRACTURE_STUCK_AFTER_S <= "
+                f"FRACTURE_VISIBILITY_TIMEOUT_S (got {self.task_time_limit_s}, "
+                f"{self.stuck_after_s}, {self.visibility_timeout_s})"
             )
         return self
 

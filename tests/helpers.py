@@ -151,3 +151,27 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> Non
 
 def fracture_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "fracture", *args]
+
+
+def make_distinct_images(directory: Path, count: int, *, fmt: str = "JPEG") -> list[Path]:
+    """`count` different real-radiograph files: the shipped fixtures, flipped, rotated, cropped."""
+    from PIL import Image, ImageOps
+
+    directory.mkdir(parents=True, exist_ok=True)
+    sources = sample_images()
+    made: list[Path] = []
+    suffix = ".jpg" if fmt == "JPEG" else ".png"
+    for index in range(count):
+        with Image.open(sources[index % len(sources)]) as original:
+            image = ImageOps.grayscale(original)
+        variant = index // len(sources)
+        if variant % 2:
+            image = ImageOps.mirror(image)
+        image = image.rotate(3 * (variant // 2), expand=False)
+        width, height = image.size
+        crop = variant % 5
+        image = image.crop((crop, crop, width - crop, height - crop))
+        path = directory / f"xray_{index:05d}{suffix}"
+        image.save(path, fmt, quality=90) if fmt == "JPEG" else image.save(path, fmt)
+        made.append(path)
+    return made

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from celery import Celery
+from amqp.exceptions import ChannelError
 from kombu.exceptions import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -58,10 +59,11 @@ def queue_depth(app: Celery) -> int | None:
         with app.connection_for_read() as connection:
             channel = connection.default_channel
             return sum(
-                channel.queue_declare(queue=name, passive=True).message_count
+                # Declaring is idempotent and creates the same queue a worker would.
+                channel.queue_declare(queue=name, durable=True, auto_delete=False).message_count
                 for name in (BULK_QUEUE, UPLOAD_QUEUE)
             )
-    except (OperationalError, ConnectionError, OSError) as exc:
+    except (OperationalError, ChannelError, ConnectionError, OSError) as exc:
         log.debug("queue depth unavailable: %s", exc)
         return None
 

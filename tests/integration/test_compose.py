@@ -1,0 +1,478 @@
+"""The compose deployment: the file validates, and its service commands work as local processes.
+
+Docker does not run here, so each application service's `command` runs as a local process with
+that service's interpolated environment (.env.example as the .env). Only what a container
+would provide differently is replaced: host names and ports (a local valkey started with the
+redis service's own command line, the PostgreSQL fixture server), the storage mount (a temp
+dir), the model (the tiny checkpoint), the device (cpu) and, for speed, the settle time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+import yaml
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from fracture.broker import free_port, server_binary
+from fracture.settings import Settings
+from fracture.supervisor import DASHBOARD_APP
+from tests.helpers import IN_CI, REPO, running, sample_images, wait_for
+
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+DOCKERFILE = REPO / "Dockerfile"
+APP_SERVICES = ("migrate", "worker", "worker-cpu", "watcher", "dashboard")
+LONG_RUNNING = ("redis", "postgres", "worker", "worker-cpu", "watcher", "dashboard", "flower")
+STORAGE = "/srv/fracture"
+SHIPPED_MODEL_IN_IMAGE = "/opt/fracture/model/fracture.pt"
+BATCH_LINE = re.compile(r"batch of (\d+): (\d+) done, (\d+) failed, (\d+) skipped")
+
+
+# -- reading the compose file the way compose does ---------------------------------------------
+def read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+_VARIABLE = re.compile(
+    r"\$(?:(?P<escaped>\$)"
+    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def interpolate(value: str, variables: Mapping[str, str]) -> str:
+    """Compose's variable substitution: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR:?error}."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match["escaped"]:
+            return "$"
+        name = match["braced"] or match["bare"]
+        op, arg = match["op"], match["arg"] or ""
+        present = name in variables
+        empty = not variables.get(name)
+        if op in (":-", "-") and (not present or (op == ":-" and empty)):
+            return arg
+        if op in (":?", "?") and (not present or (op == ":?" and empty)):
+            raise KeyError(f"{name}: {arg}")
+        return variables.get(name, "")
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def interpolated(node: Any, variables: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, variables)
+    if isinstance(node, list):
+        return [interpolated(item, variables) for item in node]
+    if isinstance(node, dict):
+        return {key: interpolated(value, variables) for key, value in node.items()}
+    return node
+
+
+def load_compose(variables: Mapping[str, str] | None = None) -> dict[str, Any]:
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    return interpolated(raw, read_env_file(ENV_EXAMPLE) if variables is None else variables)
+
+
+def service_environment(service: Mapping[str, Any]) -> dict[str, str]:
+    environment = service.get("environment") or {}
+    assert isinstance(environment, dict), "write environment as a mapping"
+    return {key: "" if value is None else str(value) for key, value in environment.items()}
+
+
+def docker_compose() -> str:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        if IN_CI:
+            pytest.fail("docker-compose is required in CI (Debian package docker-compose)")
+        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+    return binary
+
+
+def run_compose_config(env_file: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    # Only the env file may supply variables: a developer's shell or .env must not leak in.
+    clean_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(env_file.parent)}
+    return subprocess.run(
+        [
+            docker_compose(),
+            "-f",
+            str(COMPOSE_FILE),
+            "--env-file",
+            str(env_file),
+            *options,
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env,
+        cwd=REPO,
+        timeout=60,
+    )
+
+
+# -- (a) the file is valid compose, and says what the deployment needs -------------------------
+def test_compose_config_validates_and_matches_our_reading(tmp_path: Path) -> None:
+    # With every profile on: Compose v2 leaves inactive profiles out of `config`.
+    result = run_compose_config(ENV_EXAMPLE, "--profile", "cpu", "--profile", "flower")
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]
+    ours = load_compose()["services"]
+    assert set(resolved) == set(ours)
+    # The local-process tests below rely on reading commands and environments as compose does.
+    for name in APP_SERVICES:
+        assert resolved[name]["command"] == ours[name]["command"], name
+        assert service_environment(resolved[name]) == service_environment(ours[name]), name
+
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    refused = run_compose_config(empty)
+    assert refused.returncode != 0
+    assert "PASSWORD" in refused.stderr or "_URL" in refused.stderr, refused.stderr
+
+
+def test_compose_file_declares_the_deployment() -> None:
+    services = load_compose()["services"]
+    assert set(APP_SERVICES) | {"redis", "postgres", "flower"} <= set(services)
+
+    redis_command = services["redis"]["command"]
+    assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
+    variables = read_env_file(ENV_EXAMPLE)
+    assert redis_command[redis_command.index("--requirepass") + 1] == variables["REDIS_PASSWORD"]
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
+
+    assert services["migrate"]["command"] == ["fracture", "db", "upgrade"]
+    assert services["migrate"]["restart"] == "no"
+    for name in ("worker", "worker-cpu", "watcher", "dashboard"):
+        assert services[name]["depends_on"] == {
+            "redis": {"condition": "service_healthy"},
+            "postgres": {"condition": "service_healthy"},
+            "migrate": {"condition": "service_completed_successfully"},
+        }, name
+    for name in LONG_RUNNING:
+        assert services[name]["restart"] == "unless-stopped", name
+
+    (gpu,) = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert gpu["device_ids"] == [read_env_file(ENV_EXAMPLE)["WORKER_GPU"]]
+    assert "container_name" not in services["worker"], "a fixed name breaks --scale worker=N"
+    assert services["worker-cpu"]["profiles"] == ["cpu"]
+    assert services["worker-cpu"]["command"] == services["worker"]["command"]
+    assert service_environment(services["worker-cpu"])["FRACTURE_DEVICE"] == "cpu"
+    assert "deploy" not in services["worker-cpu"]
+    assert services["flower"]["profiles"] == ["flower"]
+    assert any(p.endswith(":8501") for p in services["dashboard"]["ports"])
+
+    # Every application setting goes through a FRACTURE_* variable that Settings knows
+    # (Settings ignores unknown names, so a typo would silently do nothing).
+    known = {f"FRACTURE_{field.upper()}" for field in Settings.model_fields}
+    for name in APP_SERVICES:
+        environment = service_environment(services[name])
+        assert set(environment) <= known, (name, set(environment) - known)
+        # Validates every value, exactly as the service would read it.
+        settings = Settings.model_validate(
+            {k.removeprefix("FRACTURE_").lower(): v for k, v in environment.items()}
+        )
+        assert settings.inbox.is_relative_to(STORAGE) and settings.data_dir.is_relative_to(STORAGE)
+        mounts = {volume.split(":")[1] for volume in services[name]["volumes"]}
+        assert STORAGE in mounts, f"{name} must see the shared storage at {STORAGE}"
+
+    # Timings chosen together (docs/DEPLOY.md, "Time limits").
+    worker_env = service_environment(services["worker"])
+    watcher_env = service_environment(services["watcher"])
+    limit = float(worker_env["FRACTURE_TASK_TIME_LIMIT_S"])
+    assert float(worker_env["FRACTURE_VISIBILITY_TIMEOUT_S"]) > 2 * limit
+    assert float(watcher_env["FRACTURE_STUCK_AFTER_S"]) > limit
+    assert (
+        watcher_env["FRACTURE_VISIBILITY_TIMEOUT_S"] == worker_env["FRACTURE_VISIBILITY_TIMEOUT_S"]
+    )
+    assert float(services["worker"]["stop_grace_period"].removesuffix("s")) > limit
+    assert worker_env["FRACTURE_MODEL_PATH"] == SHIPPED_MODEL_IN_IMAGE
+
+
+def test_env_example_is_consistent_and_holds_no_secrets() -> None:
+    variables = read_env_file(ENV_EXAMPLE)
+    broker = urlsplit(variables["FRACTURE_BROKER_URL"])
+    assert broker.password == variables["REDIS_PASSWORD"]
+    database = make_url(variables["FRACTURE_DATABASE_URL"])
+    assert database.drivername == "postgresql+psycopg"
+    assert database.username == variables["POSTGRES_USER"]
+    assert database.password == variables["POSTGRES_PASSWORD"]
+    assert database.database == variables["POSTGRES_DB"]
+    for key in ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "FRACTURE_DASHBOARD_PASSWORD"):
+        assert variables[key].startswith("change-me"), key
+    assert variables["FLOWER_BASIC_AUTH"].endswith(":change-me-flower")
+
+
+def test_dockerfile_builds_a_non_root_multi_stage_image_with_the_model() -> None:
+    dockerfile = DOCKERFILE.read_text()
+    stages = re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, flags=re.MULTILINE)
+    assert len(stages) >= 2
+    users = re.findall(r"^USER (\S+)$", dockerfile, flags=re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r"^ARG TORCH_VARIANT=cuda$", dockerfile, flags=re.MULTILINE)
+    assert f"FRACTURE_MODEL_PATH={SHIPPED_MODEL_IN_IMAGE}" in dockerfile
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert ".env" in ignored and ".venv" in ignored and "!model/weights/fracture.pt" in ignored
+
+
+# -- (b) and (c): the services' own commands, as local processes --------------------------------
+def local_command(command: list[str]) -> list[str]:
+    assert command[0] == "fracture", f"application services run the fracture CLI, not {command}"
+    script = Path(sys.executable).with_name("fracture")
+    entry = [str(script)] if script.is_file() else [sys.executable, "-m", "fracture"]
+    return [*entry, *command[1:]]
+
+
+class LocalStack:
+    """The compose services as local processes sharing one storage dir, broker and database."""
+
+    def __init__(self, root: Path, postgres_url: str, model: Path) -> None:
+        self.root = root
+        self.services = load_compose()["services"]
+        self.logs = root / "logs"
+        self.stack = ExitStack()
+        self.postgres_url = postgres_url
+        self.broker_url = ""
+        self.overrides = {
+            "FRACTURE_MODEL_PATH": str(model),
+            "FRACTURE_DEVICE": "cpu",
+            "FRACTURE_SETTLE_S": "0.2",
+            "FRACTURE_DASHBOARD_PORT": str(free_port()),
+        }
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.broker_url = self._start_redis()
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+    def _start_redis(self) -> str:
+        """The redis service's own command line, on a free local port."""
+        command = self.services["redis"]["command"]
+        assert command[0] == "valkey-server"
+        port = free_port()
+        directory = self.root / "redis-data"
+        directory.mkdir(parents=True)
+        args = [str(server_binary()), *command[1:], "--port", str(port), "--bind", "127.0.0.1"]
+        args += ["--dir", str(directory), "--save", ""]
+        self.stack.enter_context(running(args, dict(os.environ), self.logs / "redis.log"))
+        password = command[command.index("--requirepass") + 1]
+        client = redis.Redis(port=port, password=password, socket_connect_timeout=1)
+        assert wait_for(lambda: _pings(client), 15), "the redis service command did not start"
+
+        compose_url = urlsplit(self.env("worker")["FRACTURE_BROKER_URL"])
+        assert compose_url.hostname == "redis", "the broker URL must name the redis service"
+        credentials = compose_url.netloc.rpartition("@")[0]
+        return urlunsplit(compose_url._replace(netloc=f"{credentials}@127.0.0.1:{port}"))
+
+    def _database_url(self, compose_value: str) -> str:
+        compose_url, local = make_url(compose_value), make_url(self.postgres_url)
+        assert compose_url.host == "postgres", "the database URL must name the postgres service"
+        assert compose_url.drivername == local.drivername
+        # The fixture server trusts local connections: only the address, user and db change.
+        return compose_url.set(
+            host=local.host, port=local.port, username=local.username, database=local.database
+        ).render_as_string(hide_password=False)
+
+    def env(self, name: str) -> dict[str, str]:
+        service = self.services[name]
+        mounts = {}
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            mounts[target] = self.root / source.strip("./").replace("/", "_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FRACTURE_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        for key, value in service_environment(service).items():
+            for target, local in mounts.items():
+                if value == target or value.startswith(target + "/"):
+                    value = str(local) + value[len(target) :]
+            env[key] = value
+        for key, value in self.overrides.items():
+            if key in env:
+                env[key] = value
+        if self.broker_url:
+            env["FRACTURE_BROKER_URL"] = self.broker_url
+        env["FRACTURE_DATABASE_URL"] = self._database_url(env["FRACTURE_DATABASE_URL"])
+        return env
+
+    @property
+    def inbox(self) -> Path:
+        return Path(self.env("watcher")["FRACTURE_INBOX"])
+
+    def run_once(self, name: str) -> subprocess.CompletedProcess[str]:
+        command = local_command(self.services[name]["command"])
+        return subprocess.run(
+            command, env=self.env(name), capture_output=True, text=True, cwd=REPO, timeout=120
+        )
+
+    def start(self, name: str, instance: str | None = None) -> subprocess.Popen[bytes]:
+        command = local_command(self.services[name]["command"])
+        log = self.logs / f"{instance or name}.log"
+        return self.stack.enter_context(running(command, self.env(name), log))
+
+    def log(self, instance: str) -> str:
+        path = self.logs / f"{instance}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def status_counts(self) -> dict[str, int]:
+        return dict(self._query("SELECT status, count(*) FROM images GROUP BY status"))
+
+    def _query(self, sql: str) -> list[tuple[Any, ...]]:
+        engine = create_engine(self.postgres_url)
+        try:
+            with engine.connect() as connection:
+                return [tuple(row) for row in connection.execute(text(sql))]
+        finally:
+            engine.dispose()
+
+    def done_per_worker(self, *instances: str) -> dict[str, int]:
+        return {
+            name: sum(int(m[2]) for m in BATCH_LINE.finditer(self.log(name))) for name in instances
+        }
+
+    def diagnose(self, *instances: str) -> str:
+        return "\n".join(f"--- {name}.log ---\n{self.log(name)[-3000:]}" for name in instances)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def live_workers(broker_url: str) -> list[str]:
+    from worker.app import make_celery
+    from worker.client import live_workers as ping
+
+    app = make_celery(Settings.model_validate({}), broker_url)
+    try:
+        return ping(app, timeout=1.0)
+    finally:
+        app.close()
+
+
+@contextmanager
+def local_stack(root: Path, postgres_url: str, model: Path) -> Iterator[LocalStack]:
+    with LocalStack(root, postgres_url, model) as stack:
+        migrated = stack.run_once("migrate")
+        assert migrated.returncode == 0, migrated.stderr
+        assert "up to date" in migrated.stdout
+        yield stack
+
+
+def test_compose_services_take_a_drop_to_done_in_postgres(
+    tmp_path: Path, postgres_url: str, tiny_model: Path
+) -> None:
+    with local_stack(tmp_path, postgres_url, tiny_model) as stack:
+        worker = stack.start("worker")
+        watcher = stack.start("watcher")
+        dashboard = stack.start("dashboard") if DASHBOARD_APP.is_file() else None
+
+        images = sample_images()
+        stack.inbox.mkdir(parents=True, exist_ok=True)
+        for image in images:
+            shutil.copy(image, stack.inbox / image.name)
+        settled = wait_for(lambda: stack.status_counts() == {"done": len(images)}, 120, 0.5)
+        assert settled, f"{stack.status_counts()}\n{stack.diagnose('worker', 'watcher')}"
+        (predictions,) = stack._query("SELECT count(*), count(DISTINCT image_id) FROM predictions")
+        assert predictions == (len(images), len(images))
+        stored = {Path(p) for (p,) in stack._query("SELECT path FROM images")}
+        assert stored == {stack.inbox / image.name for image in images}
+
+        if dashboard is not None:
+            port = stack.env("dashboard")["FRACTURE_DASHBOARD_PORT"]
+            health = f"http://127.0.0.1:{port}/_stcore/health"
+            assert wait_for(lambda: _answers(health), 60, 0.5), stack.diagnose("dashboard")
+
+    # Leaving the stack sent SIGTERM: Celery's warm shutdown and the watcher exit cleanly.
+    assert worker.returncode == 0, stack.diagnose("worker")
+    assert watcher.returncode == 0, stack.diagnose("watcher")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def make_drop(directory: Path, count: int) -> list[Path]:
+    """`count` distinct small PNG radiographs: the fixtures, shrunk, each with its own marker."""
+    from PIL import Image, ImageOps
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bases = []
+    for source in sample_images():
+        with Image.open(source) as original:
+            image = ImageOps.grayscale(original)
+        image.thumbnail((160, 160))
+        bases.append(image)
+    made = []
+    for index in range(count):
+        image = bases[index % len(bases)].copy()
+        image.putpixel((0, 0), index % 256)
+        image.putpixel((1, 0), index // 256)
+        path = directory / f"drop_{index:04d}.png"
+        image.save(path, "PNG")
+        made.append(path)
+    return made
+
+
+@pytest.mark.timeout(240)
+def test_two_workers_share_a_200_image_drop_without_doing_any_twice(
+    tmp_path: Path, postgres_url: str, tiny_model: Path
+) -> None:
+    count = 200
+    drop = make_drop(tmp_path / "staging", count)
+    with local_stack(tmp_path, postgres_url, tiny_model) as stack:
+        # docker compose up --scale worker=2: the same service twice.
+        workers = [stack.start("worker", "worker-1"), stack.start("worker", "worker-2")]
+        stack.start("watcher")
+        both_ready = wait_for(lambda: len(live_workers(stack.broker_url)) == 2, 120, 1.0)
+        assert both_ready, stack.diagnose("worker-1", "worker-2")
+
+        stack.inbox.mkdir(parents=True, exist_ok=True)
+        for path in drop:
+            path.rename(stack.inbox / path.name)  # arrives complete, as a finished copy would
+        settled = wait_for(lambda: stack.status_counts() == {"done": count}, 150, 0.5)
+        assert settled, f"{stack.status_counts()}\n{stack.diagnose('worker-1', 'worker-2')}"
+
+        (totals,) = stack._query(
+            "SELECT count(*), count(DISTINCT image_id) FROM predictions",
+        )
+        assert totals == (count, count), "exactly one prediction per image"
+        (attempts,) = stack._query("SELECT max(attempts), min(attempts) FROM images")
+        assert attempts == (1, 1), "every image was claimed exactly once"
+        done = stack.done_per_worker("worker-1", "worker-2")
+        assert sum(done.values()) == count, f"an image was predicted twice: {done}"
+        assert all(done.values()), f"both workers should have taken batches: {done}"
+
+    assert [w.returncode for w in workers] == [0, 0], stack.diagnose("worker-1", "worker-2")

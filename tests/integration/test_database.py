@@ -1,0 +1,101 @@
+"""Query functions on a real SQLite file and a real PostgreSQL server."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, inspect, select
+
+from db import queries
+from db.migrate import upgrade
+from db.models import Image, Prediction, utcnow
+from db.session import make_engine, make_session_factory, transaction
+
+
+@pytest.fixture
+def factory(database_url: str):
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _register(factory, sha: str, name: str = "a.jpg") -> tuple[int, bool]:
+    with transaction(factory) as session:
+        image, created = queries.register_image(
+            session=session, sha256=sha, path=f"/inbox/{name}", filename=name, size=10
+        )
+        session.flush()
+        return image.id, created
+
+
+def test_migrations_create_every_table(database_url: str) -> None:
+    upgrade(database_url)
+    upgrade(database_url)  # idempotent
+    tables = set(inspect(make_engine(database_url)).get_table_names())
+    assert {"images", "predictions", "reviews", "alembic_version"} <= tables
+
+
+def test_same_bytes_register_once(factory) -> None:
+    first, created = _register(factory, "a" * 64, "one.jpg")
+    again, created_again = _register(factory, "a" * 64, "copy-of-one.jpg")
+    assert created and not created_again
+    assert first == again
+    with factory() as session:
+        assert session.scalar(select(func.count(Image.id))) == 1
+
+
+def _prediction(image_id: int, version: str = "v1") -> queries.NewPrediction:
+    return queries.NewPrediction(
+        image_id=image_id,
+        model_version=version,
+        label="fractured",
+        probability=0.9,
+        threshold=0.5,
+        batch_size=1,
+        inference_ms=5.0,
+    )
+
+
+def test_storing_a_batch_twice_keeps_one_prediction(factory) -> None:
+    good, _ = _register(factory, "b" * 64)
+    bad, _ = _register(factory, "c" * 64)
+    for _ in range(2):  # a redelivered batch
+        with transaction(factory) as session:
+            queries.claim_images(session=session, image_ids=[good, bad], model_version="v1")
+        with transaction(factory) as session:
+            queries.store_batch(
+                session=session, predictions=[_prediction(good)], failures={bad: "corrupt"}
+            )
+    with factory() as session:
+        assert session.scalar(select(func.count(Prediction.id))) == 1
+        assert session.get(Image, good).status == "done"
+        failed = session.get(Image, bad)
+        assert (failed.status, failed.error) == ("failed", "corrupt")
+
+
+def test_claim_skips_images_already_predicted_by_this_model(factory) -> None:
+    image_id, _ = _register(factory, "d" * 64)
+    with transaction(factory) as session:
+        queries.store_batch(session=session, predictions=[_prediction(image_id)], failures={})
+    with transaction(factory) as session:
+        assert queries.claim_images(session=session, image_ids=[image_id], model_version="v1") == []
+        claimed = queries.claim_images(session=session, image_ids=[image_id], model_version="v2")
+        assert [i.id for i in claimed] == [image_id]
+
+
+def test_resend_picks_unsent_and_stuck_rows_only(factory) -> None:
+    unsent, _ = _register(factory, "e" * 64)
+    sent, _ = _register(factory, "f" * 64)
+    stuck, _ = _register(factory, "0" * 64)
+    with transaction(factory) as session:
+        queries.mark_enqueued(session=session, image_ids=[sent, stuck])
+        session.get(Image, stuck).status = "processing"
+        session.get(Image, stuck).updated_at = utcnow() - timedelta(minutes=10)
+    with factory() as session:
+        rows = queries.images_to_resend(
+            session=session, stuck_after=timedelta(minutes=2), now=utcnow() + timedelta(seconds=30)
+        )
+    assert sorted(r.id for r in rows) == sorted([unsent, stuck])
+    with factory() as session:  # a row the watcher is sending right now is left alone
+        rows = queries.images_to_resend(session=session, stuck_after=timedelta(minutes=2))
+    assert [r.id for r in rows] == [stuck]

@@ -1,0 +1,68 @@
+import time
+from pathlib import Path
+
+import pytest
+
+from watcher.watch import ArrivalTracker, is_ignored, sha256_file
+
+
+@pytest.mark.parametrize(
+    ("name", "ignored"),
+    [
+        (".hidden.jpg", True),
+        ("scan.jpg.part", True),
+        ("scan.tmp", True),
+        ("scan.jpg~", True),
+        ("sub/.staging/scan.jpg", True),
+        ("scan.jpg", False),
+        ("ward 3/scan (1).dcm", False),
+        ("IM0001", False),
+    ],
+)
+def test_hidden_and_temporary_names_are_ignored(name: str, ignored: bool) -> None:
+    assert is_ignored(Path(name)) is ignored
+
+
+def test_a_file_still_being_written_is_not_ready(tmp_path: Path) -> None:
+    tracker = ArrivalTracker(settle_s=0.4)
+    path = tmp_path / "growing.jpg"
+    path.write_bytes(b"a")
+    tracker.touch(path)
+    deadline = time.monotonic() + 1.2
+    while time.monotonic() < deadline:
+        with path.open("ab") as handle:  # keeps growing faster than the settle time
+            handle.write(b"b" * 100)
+        assert tracker.ready() == []
+        time.sleep(0.1)
+    time.sleep(0.5)  # writing stopped: quiet for longer than the settle time
+    assert tracker.ready() == [path]
+    assert len(tracker) == 0
+
+
+def test_close_event_shortens_the_wait(tmp_path: Path) -> None:
+    tracker = ArrivalTracker(settle_s=30)
+    path = tmp_path / "copied.jpg"
+    path.write_bytes(b"complete")
+    tracker.touch(path, closed=True)
+    tracker.ready()
+    time.sleep(0.35)
+    assert tracker.ready() == [path]
+
+
+def test_vanished_file_is_forgotten(tmp_path: Path) -> None:
+    tracker = ArrivalTracker(settle_s=0.1)
+    path = tmp_path / "gone.jpg"
+    path.write_bytes(b"x")
+    tracker.touch(path)
+    path.unlink()
+    assert tracker.ready() == []
+    assert len(tracker) == 0
+
+
+def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
+    import hashlib
+
+    data = bytes(range(256)) * 5000
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert sha256_file(path) == (hashlib.sha256(data).hexdigest(), len(data))

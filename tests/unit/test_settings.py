@@ -1,0 +1,45 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from fracture.settings import SHIPPED_MODEL, Settings
+
+
+def test_defaults_point_at_local_folders_and_shipped_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("FRACTURE_DATA_DIR", "FRACTURE_MODEL_PATH", "FRACTURE_DATABASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    settings = Settings()
+    assert settings.inbox == Path("./inbox")
+    assert settings.resolved_database_url.startswith("sqlite:///")
+    assert settings.resolved_database_url.endswith("data/fracture.db")
+    assert settings.resolved_model_path == SHIPPED_MODEL
+    assert settings.dashboard_port == 8501
+
+
+def test_environment_overrides_defaults_and_arguments_override_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FRACTURE_BATCH_SIZE", "32")
+    monkeypatch.setenv("FRACTURE_DATA_DIR", str(tmp_path))
+    assert Settings().batch_size == 32
+    assert Settings(batch_size=8).batch_size == 8
+    assert Settings().resolved_database_url == f"sqlite:///{tmp_path / 'fracture.db'}"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"batch_size": 0}, "FRACTURE_BATCH_SIZE must be between 1 and 4096"),
+        ({"batch_interval_ms": 0}, "FRACTURE_BATCH_INTERVAL_MS must be between"),
+        ({"batch_size": 16, "worker_prefetch": 4}, "batches never fill"),
+        ({"device": "tpu"}, "'auto', 'cpu' or 'cuda'"),
+    ],
+)
+def test_invalid_settings_name_the_rule(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(**values)  # type: ignore[arg-type]
+
+
+def test_prefetch_defaults_to_two_batches() -> None:
+    assert Settings(batch_size=8).prefetch == 16

@@ -254,6 +254,52 @@ def results(
         typer.echo("Decision support only, not for clinical use.")
 
 
+@app.command()
+def bench(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    images: Annotated[
+        Path | None, typer.Option(help="folder of radiographs (default: shipped samples)")
+    ] = None,
+    n: Annotated[int, typer.Option(min=1, help="images, cycled from the folder")] = 256,
+    device: DeviceOpt = None,
+    model: ModelOpt = None,
+    batch_size: Annotated[int | None, typer.Option(help="[FRACTURE_BATCH_SIZE]")] = None,
+    heatmaps: Annotated[
+        str | None, typer.Option(help="positive | all | none [FRACTURE_HEATMAPS]")
+    ] = None,
+    trickle: Annotated[int, typer.Option(help="files for the 1 file/s latency run (0: skip)")] = 20,
+    sweep: Annotated[bool, typer.Option(help="also sweep batch size and flush interval")] = False,
+    plot: Annotated[Path, typer.Option(help="where the sweep plot goes")] = Path(
+        "docs/performance_sweep.png"
+    ),
+) -> None:
+    """Measure model limit, end-to-end pipeline and naive loop throughput in one run."""
+    from bench import pipeline as benchmark
+
+    settings = build_settings(
+        model_path=model, device=device, batch_size=batch_size, heatmaps=heatmaps
+    )
+    setup_logging("WARNING")
+    if images is not None and not images.is_dir():
+        raise UserError(f"--images must be a folder of radiographs: {images}")
+    try:
+        result = benchmark.run(
+            images=images,
+            n=n,
+            device=settings.device,
+            model=settings.resolved_model_path,
+            batch_size=settings.batch_size,
+            batch_interval_ms=settings.batch_interval_ms,
+            heatmaps=settings.heatmaps,
+            trickle=trickle,
+            sweep=sweep,
+            plot=plot if sweep else None,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(str(exc)) from exc
+    typer.echo(json.dumps(result) if as_json else benchmark.table(result))
+
+
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataOpt = None, database_url: DbOpt = None) -> None:
     """Apply all migrations to the configured database."""

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.torch_version import TorchVersion
 
 from model import architectures
 from model.preprocess import Preset
@@ -61,7 +64,7 @@ class Checkpoint:
             "threshold": self.threshold,
             "temperature": self.temperature,
             "version": self.version or self.compute_version(),
-            "extra": self.extra,
+            "extra": _plain(self.extra),
         }
 
     @classmethod
@@ -70,6 +73,11 @@ class Checkpoint:
         checkpoint = cls(arch=arch, state_dict=state, **kwargs)
         checkpoint.version = checkpoint.compute_version()
         return checkpoint
+
+
+def _plain(value: Any) -> Any:
+    """Metadata as plain JSON types, so `weights_only` loading accepts it."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def save(checkpoint: Checkpoint, path: Path) -> Path:
@@ -87,8 +95,10 @@ def load(path: Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        # TorchVersion is a plain str subclass that training metadata may carry.
+        with torch.serialization.safe_globals([TorchVersion]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"cannot read model file {path}: {exc}") from exc
     missing = {"arch", "state_dict", "preprocess", "threshold"} - set(data)
     if missing:

@@ -92,17 +92,20 @@ class Classifier:
 
         return list(self._pool.map(one, sources))
 
-    def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device, non_blocking=True).contiguous(
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.to(self.device, non_blocking=True).contiguous(
             memory_format=torch.channels_last
         )
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self.net(batch).float().reshape(-1)
+        return self.net(batch).float().reshape(-1)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    out = self.net(batch)
-            else:
-                out = self.net(batch)
-        return out.float().reshape(-1).cpu()
+            return self._forward(self._to_device(batch)).cpu()
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         return torch.sigmoid(self.logits(batch) / self.temperature).numpy()
@@ -113,6 +116,31 @@ class Classifier:
         results = [self.result(float(p)) for p in probabilities]
         assert len(results) == batch.shape[0], "one result per input"
         return results
+
+    def predict_explained(
+        self, batch: torch.Tensor, explain: str = "positive"
+    ) -> tuple[list[Result], dict[int, np.ndarray]]:
+        """Results plus Grad-CAM maps from the same forward pass, for positive rows
+        (`positive`), every row (`all`) or none (`none`: plain inference)."""
+        from model import explain as cam
+
+        if explain == "none":
+            return self.predict(batch), {}
+        if explain not in ("positive", "all"):
+            raise ValueError(f"explain must be positive, all or none, not {explain!r}")
+        self.net.eval()
+        with cam.capture_activations(self.net) as captured:
+            logits = self._forward(self._to_device(batch))
+            probabilities = torch.sigmoid(logits.detach().cpu() / self.temperature).numpy()
+            results = [self.result(float(p)) for p in probabilities]
+            rows = [
+                i
+                for i, r in enumerate(results)
+                if explain == "all" or r.label == self.checkpoint.class_names[1]
+            ]
+            maps = cam.cams(logits, captured["activations"], rows)
+        assert len(results) == batch.shape[0], "one result per input"
+        return results, dict(zip(rows, maps, strict=True))
 
     def result(self, probability: float) -> Result:
         fractured = probability >= self.threshold
@@ -138,5 +166,5 @@ class Classifier:
 
         if not prepared:
             return []
-        masks = explain.gradcam(self.net, torch.stack([p.tensor for p in prepared]))
-        return [explain.overlay(p.decoded.pixels, m) for p, m in zip(prepared, masks, strict=True)]
+        _, maps = self.predict_explained(torch.stack([p.tensor for p in prepared]), "all")
+        return [explain.overlay(p.decoded.pixels, maps[i]) for i, p in enumerate(prepared)]

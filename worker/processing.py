@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -97,9 +98,9 @@ class BatchProcessor:
             import torch
 
             batch = torch.stack([p.tensor for _, p in good])
-            results = self.classifier.predict(batch)
+            results, maps = self.classifier.predict_explained(batch, self.heatmaps)
             elapsed_ms = (time.perf_counter() - started) * 1000
-            heatmap_paths = self._heatmaps(good, results)
+            heatmap_paths = self._save_heatmaps(good, maps)
             for (item, prep), result in zip(good, results, strict=True):
                 metadata[item.image_id] = {
                     "width": prep.decoded.width,
@@ -139,22 +140,18 @@ class BatchProcessor:
         )
         return outcome
 
-    def _heatmaps(self, good: list[tuple[Claimed, Prepared]], results: list) -> dict[int, str]:
-        if self.heatmaps == "none":
-            return {}
-        wanted = [
-            (item, prep)
-            for (item, prep), result in zip(good, results, strict=True)
-            if self.heatmaps == "all" or result.label == self.classifier.checkpoint.class_names[1]
-        ]
-        if not wanted:
-            return {}
-        overlays = self.classifier.heatmaps([p for _, p in wanted])
-        self.heatmaps_dir.mkdir(parents=True, exist_ok=True)
+    def _save_heatmaps(
+        self, good: list[tuple[Claimed, Prepared]], maps: dict[int, np.ndarray]
+    ) -> dict[int, str]:
+        from model.explain import overlay
+
+        if maps:
+            self.heatmaps_dir.mkdir(parents=True, exist_ok=True)
         paths = {}
-        for (item, _), overlay in zip(wanted, overlays, strict=True):
+        for row, cam in maps.items():
+            item, prepared = good[row]
             target = self.heatmaps_dir / f"{item.sha256}-{self.classifier.version}.png"
-            PILImage.fromarray(overlay).save(target)
+            PILImage.fromarray(overlay(prepared.decoded.pixels, cam)).save(target)
             paths[item.image_id] = str(target)
         return paths
 

@@ -1,0 +1,419 @@
+"""`fracture bench`: the model's own limit, the real pipeline, and the naive loop, in one run.
+
+Every figure comes from the same images and the same model on the same machine, so the ratios
+hold even when the machine is noisy. Nothing here asserts a speed; it prints what it measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+from fracture.broker import PrivateBroker
+from fracture.settings import Settings
+from model.inference import Classifier
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "tests" / "fixtures"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"}
+
+
+def sample_files(directory: Path) -> list[Path]:
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images (.jpg, .png, .tif, .bmp, .dcm) under {directory}")
+    return files
+
+
+def distinct_copies(sources: list[Path], n: int, directory: Path) -> list[Path]:
+    """N files cycled from `sources`, each with different bytes (a trailer after the image data,
+    which decoders ignore) so the pipeline's de-duplication does not skip the repeats."""
+    directory.mkdir(parents=True, exist_ok=True)
+    made = []
+    for index in range(n):
+        source = sources[index % len(sources)]
+        target = directory / f"bench_{index:06d}{source.suffix.lower()}"
+        data = source.read_bytes()
+        if index >= len(sources):
+            data += f"\nfracture-bench-copy-{index}".encode()
+        target.write_bytes(data)
+        made.append(target)
+    return made
+
+
+# -- 1. the limit --------------------------------------------------------------------------
+def measure_limit(classifier: Classifier, files: list[Path], batch_size: int) -> float:
+    """Forward passes only, on tensors decoded beforehand: the most this machine can do."""
+    tensors = [
+        p.tensor for p in classifier.prepare_many(files[: batch_size * 4]) if hasattr(p, "tensor")
+    ]
+    while len(tensors) < batch_size:
+        tensors += tensors
+    batch = torch.stack(tensors[:batch_size])
+    classifier.predict(batch)  # warm-up
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < 8 or count < 3 * batch_size:
+        classifier.predict(batch)
+        count += batch_size
+    return count / (time.perf_counter() - started)
+
+
+# -- 3. the naive loop ------------------------------------------------------------------------
+def measure_naive(classifier: Classifier, files: list[Path], limit_s: float = 20) -> float:
+    """The original single-image app: open, resize, predict a batch of one, repeat."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    preset = classifier.preset
+    count, started = 0, time.perf_counter()
+    for path in files:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB").resize((preset.size, preset.size), Image.Resampling.BILINEAR)
+        tensor = TF.normalize(TF.to_tensor(rgb), list(preset.mean), list(preset.std))
+        classifier.predict(tensor[None])
+        count += 1
+        if time.perf_counter() - started > limit_s:
+            break
+    return count / (time.perf_counter() - started)
+
+
+# -- 2. the pipeline -------------------------------------------------------------------------
+@dataclass
+class PipelineRun:
+    n: int
+    seconds: float
+    latencies_ms: list[float]
+    worker_rss_mb: float
+    cpu_percent: float
+    failed: int = 0
+
+    @property
+    def ips(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+@dataclass
+class _Sampler:
+    process: psutil.Process
+    peak_rss: int = 0
+    cpu: list[float] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        psutil.cpu_percent(None)
+        while not self._stop.wait(0.2):
+            try:
+                rss = self.process.memory_info().rss + sum(
+                    c.memory_info().rss for c in self.process.children(recursive=True)
+                )
+            except psutil.Error:
+                continue
+            self.peak_rss = max(self.peak_rss, rss)
+            self.cpu.append(psutil.cpu_percent(None))
+
+
+class Pipeline:
+    """Broker, worker and watcher as `fracture up` runs them, on a fresh inbox and database."""
+
+    def __init__(self, root: Path, model: Path, device: str, **settings: Any) -> None:
+        self.root = root
+        self.inbox = root / "inbox"
+        self.data = root / "data"
+        self.inbox.mkdir(parents=True)
+        self.broker = PrivateBroker(root / "broker").start()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FRACTURE_")}
+        env.update(
+            FRACTURE_INBOX=str(self.inbox),
+            FRACTURE_DATA_DIR=str(self.data),
+            FRACTURE_BROKER_URL=self.broker.url,
+            FRACTURE_MODEL_PATH=str(model),
+            FRACTURE_DEVICE=device,
+            FRACTURE_SETTLE_S="0.3",
+            FRACTURE_LOG_LEVEL="WARNING",
+            **{f"FRACTURE_{k.upper()}": str(v) for k, v in settings.items()},
+        )
+        self.database_url = f"sqlite:///{self.data / 'fracture.db'}"
+        cli = [sys.executable, "-m", "fracture"]
+        self.logs = (root / "worker.log").open("wb"), (root / "watcher.log").open("wb")
+        self.worker = subprocess.Popen(
+            [*cli, "worker"], env=env, stdout=self.logs[0], stderr=subprocess.STDOUT
+        )
+        self.watcher = subprocess.Popen(
+            [*cli, "watch"], env=env, stdout=self.logs[1], stderr=subprocess.STDOUT
+        )
+        from db.session import make_engine, make_session_factory
+        from worker import client
+        from worker.app import make_celery
+
+        app = make_celery(Settings(), self.broker.url)
+        deadline = time.monotonic() + 120
+        while not client.live_workers(app, timeout=0.5):
+            if time.monotonic() > deadline or self.worker.poll() is not None:
+                self.close()
+                raise RuntimeError(f"the worker did not start; see {root / 'worker.log'}")
+        self.engine = make_engine(self.database_url)
+        self.factory = make_session_factory(self.engine)
+
+    def stored(self) -> dict[str, datetime]:
+        from sqlalchemy import select
+
+        from db.models import Image, Prediction
+
+        with self.factory() as session:
+            rows = session.execute(
+                select(Image.filename, Prediction.created_at).join(Prediction)
+            ).all()
+            failed = session.execute(
+                select(Image.filename, Image.updated_at).where(Image.status == "failed")
+            ).all()
+        return {name: when for name, when in [*rows, *failed]}
+
+    def feed(self, files: list[Path], interval_s: float = 0.0, timeout: float = 600) -> PipelineRun:
+        """Move files into the inbox (atomic renames, as a modality export does) and time them."""
+        staging = self.root / "staging"
+        staging.mkdir(exist_ok=True)
+        staged = []
+        for path in files:
+            target = staging / path.name
+            shutil.copyfile(path, target)
+            staged.append(target)
+        sampler = _Sampler(psutil.Process(self.worker.pid))
+        thread = threading.Thread(target=sampler.run, daemon=True)
+        thread.start()
+        arrivals: dict[str, float] = {}
+        for path in staged:
+            os.replace(path, self.inbox / path.name)
+            arrivals[path.name] = time.time()
+            if interval_s:
+                time.sleep(interval_s)
+        deadline = time.monotonic() + timeout
+        stored: dict[str, datetime] = {}
+        while time.monotonic() < deadline:
+            stored = self.stored()
+            if all(name in stored for name in arrivals):
+                break
+            time.sleep(0.2)
+        sampler._stop.set()
+        thread.join()
+        done_at = {n: stored[n].replace(tzinfo=UTC).timestamp() for n in arrivals if n in stored}
+        if len(done_at) < len(arrivals):
+            raise RuntimeError(f"only {len(done_at)} of {len(arrivals)} stored in {timeout:.0f} s")
+        latencies = [(done_at[n] - arrivals[n]) * 1000 for n in arrivals]
+        return PipelineRun(
+            n=len(arrivals),
+            seconds=max(done_at.values()) - min(arrivals.values()),
+            latencies_ms=latencies,
+            worker_rss_mb=sampler.peak_rss / 2**20,
+            cpu_percent=statistics.fmean(sampler.cpu) if sampler.cpu else float("nan"),
+        )
+
+    def close(self) -> None:
+        for process in (self.watcher, self.worker):
+            if process.poll() is None:
+                process.terminate()
+        for process in (self.watcher, self.worker):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if hasattr(self, "engine"):
+            self.engine.dispose()
+        self.broker.stop()
+        for handle in self.logs:
+            handle.close()
+
+
+def run_pipeline(
+    model: Path, device: str, files: list[Path], *, interval_s: float = 0.0, **settings: Any
+) -> PipelineRun:
+    with tempfile.TemporaryDirectory(prefix="fracture-bench-") as tmp:
+        pipeline = Pipeline(Path(tmp), model, device, **settings)
+        try:
+            return pipeline.feed(files, interval_s=interval_s)
+        finally:
+            pipeline.close()
+
+
+# -- the whole benchmark ----------------------------------------------------------------------
+def run(
+    *,
+    images: Path | None,
+    n: int,
+    device: str,
+    model: Path,
+    batch_size: int,
+    batch_interval_ms: int,
+    heatmaps: str,
+    trickle: int,
+    sweep: bool,
+    plot: Path | None,
+) -> dict[str, Any]:
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory(prefix="fracture-bench-files-") as tmp:
+        files = distinct_copies(sample_files(images or SAMPLES), n, Path(tmp))
+        classifier = Classifier.load(model, device=device)
+        limit = measure_limit(classifier, files, batch_size)
+        naive = measure_naive(classifier, files)
+        resolved_device = str(classifier.device)
+        version = classifier.version
+        classifier.close()
+        del classifier
+        common = {
+            "batch_size": batch_size,
+            "batch_interval_ms": batch_interval_ms,
+            "heatmaps": heatmaps,
+        }
+        bulk = run_pipeline(model, device, files, **common)
+        result: dict[str, Any] = {
+            "device": resolved_device,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"
+            + (f", {torch.cuda.get_device_name()}" if resolved_device.startswith("cuda") else ""),
+            "model_version": version,
+            "n": n,
+            "batch_size": batch_size,
+            "batch_interval_ms": batch_interval_ms,
+            "heatmaps": heatmaps,
+            "limit_ips": round(limit, 2),
+            "pipeline_ips": round(bulk.ips, 2),
+            "naive_ips": round(naive, 2),
+            "pipeline_over_limit": round(bulk.ips / limit, 3),
+            "pipeline_over_naive": round(bulk.ips / naive, 3),
+            "p50_ms": round(bulk.percentile(50), 1),
+            "p95_ms": round(bulk.percentile(95), 1),
+            "p99_ms": round(bulk.percentile(99), 1),
+            "worker_rss_mb": round(bulk.worker_rss_mb, 1),
+            "cpu_percent": round(bulk.cpu_percent, 1),
+        }
+        if trickle:
+            slow = run_pipeline(model, device, files[:trickle], interval_s=1.0, **common)
+            result.update(
+                trickle_n=trickle,
+                trickle_p50_ms=round(slow.percentile(50), 1),
+                trickle_p95_ms=round(slow.percentile(95), 1),
+            )
+        if sweep:
+            result["sweep"] = run_sweep(model, device, files, heatmaps, plot)
+    return result
+
+
+def run_sweep(
+    model: Path, device: str, files: list[Path], heatmaps: str, plot: Path | None
+) -> list[dict[str, Any]]:
+    """Throughput by batch size (bulk drop) and p95 latency by flush interval (2 files/s)."""
+    rows = []
+    for batch_size in (1, 4, 16, 32):
+        bulk = run_pipeline(
+            model, device, files, batch_size=batch_size, batch_interval_ms=250, heatmaps=heatmaps
+        )
+        rows.append(
+            {
+                "kind": "bulk",
+                "batch_size": batch_size,
+                "batch_interval_ms": 250,
+                "ips": round(bulk.ips, 2),
+                "p95_ms": round(bulk.percentile(95), 1),
+            }
+        )
+    for interval in (50, 250, 1000):
+        slow = run_pipeline(
+            model,
+            device,
+            files[:20],
+            interval_s=0.5,
+            batch_size=16,
+            batch_interval_ms=interval,
+            heatmaps=heatmaps,
+        )
+        rows.append(
+            {
+                "kind": "trickle",
+                "batch_size": 16,
+                "batch_interval_ms": interval,
+                "ips": round(slow.ips, 2),
+                "p95_ms": round(slow.percentile(95), 1),
+            }
+        )
+    if plot is not None:
+        write_plot(rows, plot)
+    return rows
+
+
+def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bulk = [r for r in rows if r["kind"] == "bulk"]
+    trickle = [r for r in rows if r["kind"] == "trickle"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot([r["batch_size"] for r in bulk], [r["ips"] for r in bulk], "o-")
+    left.set(
+        xscale="log",
+        xlabel="batch size (flush interval 250 ms)",
+        ylabel="images/s",
+        title="Bulk drop: throughput",
+    )
+    right.plot(
+        [r["batch_interval_ms"] for r in trickle],
+        [r["p95_ms"] for r in trickle],
+        "o-",
+        color="tab:red",
+    )
+    right.set(
+        xscale="log",
+        xlabel="flush interval (ms), batch size 16",
+        ylabel="p95 arrival→stored (ms)",
+        title="Trickle of 2 files/s: latency",
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        f"device {result['device']} ({result['machine']}), model {result['model_version']}, "
+        f"{result['n']} images, batch {result['batch_size']}, heatmaps {result['heatmaps']}",
+        f"{'limit (forward only)':<28}{result['limit_ips']:>10.1f} img/s",
+        f"{'pipeline (end to end)':<28}{result['pipeline_ips']:>10.1f} img/s   "
+        f"{result['pipeline_over_limit']:.2f}× limit, {result['pipeline_over_naive']:.2f}× naive",
+        f"{'naive (one at a time)':<28}{result['naive_ips']:>10.1f} img/s",
+        f"{'arrival→stored':<28}p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms, "
+        f"p99 {result['p99_ms']:.0f} ms (bulk drop)",
+        f"{'worker peak RSS':<28}{result['worker_rss_mb']:>10.0f} MB, "
+        f"machine CPU {result['cpu_percent']:.0f}%",
+    ]
+    if "trickle_p95_ms" in result:
+        lines.append(
+            f"{'trickle, 1 file/s':<28}p50 {result['trickle_p50_ms']:.0f} ms, "
+            f"p95 {result['trickle_p95_ms']:.0f} ms ({result['trickle_n']} files)"
+        )
+    for row in result.get("sweep", []):
+        lines.append(
+            f"  sweep {row['kind']:<8} batch {row['batch_size']:>3} "
+            f"interval {row['batch_interval_ms']:>5} ms: "
+            f"{row['ips']:.1f} img/s, p95 {row['p95_ms']:.0f} ms"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Inference and Grad-CAM on tiny networks whose outputs can be worked out by hand."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from model import explain
+from model.checkpoint import Checkpoint, load, save
+from model.decode import DecodeError
+from model.inference import Classifier
+from model.preprocess import Preset
+from tests.helpers import sample_images
+
+
+class PooledLinear(nn.Module):
+    """1×1 conv (identity on 2 of 3 channels) → global average → linear: Grad-CAM is exact."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1, bias=False)
+        self.fc = nn.Linear(2, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0] = 1.0
+            self.conv.weight[1, 1] = 1.0
+            self.fc.weight.copy_(torch.tensor([[2.0, -1.0]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+
+def test_gradcam_matches_the_definition_on_a_pooled_linear_network() -> None:
+    net = PooledLinear().eval()
+    x = torch.zeros(1, 3, 4, 4)
+    x[0, 0, 0, 0] = 1.0  # evidence for the logit (weight +2) in the top-left corner
+    x[0, 1, 3, 3] = 1.0  # evidence against it (weight -1) in the bottom-right corner
+    maps = explain.gradcam(net, x)
+    # weights = d logit / dA averaged = (2/16, -1/16); map = ReLU(2/16·A0 − 1/16·A1), then 0..1
+    expected = np.zeros((4, 4), dtype=np.float32)
+    expected[0, 0] = 1.0
+    np.testing.assert_allclose(maps[0], expected, atol=1e-6)
+    assert all(p.requires_grad for p in net.parameters()), "parameters restored"
+
+
+def test_explained_prediction_equals_plain_prediction(tiny_model: Path) -> None:
+    classifier = Classifier.load(tiny_model, device="cpu")
+    prepared = classifier.prepare_many(sample_images())
+    batch = torch.stack([p.tensor for p in prepared])  # type: ignore[union-attr]
+    plain = classifier.predict(batch)
+    explained, maps = classifier.predict_explained(batch, "all")
+    assert [r.probability for r in plain] == pytest.approx([r.probability for r in explained])
+    assert sorted(maps) == list(range(len(prepared)))
+    assert all(0.0 <= m.min() and m.max() <= 1.0 for m in maps.values())
+    positives = classifier.predict_explained(batch, "positive")[1]
+    assert set(positives) == {i for i, r in enumerate(plain) if r.label == "fractured"}
+    assert classifier.predict_explained(batch, "none")[1] == {}
+
+
+def test_bad_files_fail_alone_in_a_batch(tiny_model: Path, tmp_path: Path) -> None:
+    classifier = Classifier.load(tiny_model, device="cpu")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image at all")
+    good = sample_images()[:2]
+    outcomes = classifier.predict_sources([good[0], broken, good[1]])
+    assert isinstance(outcomes[1], DecodeError)
+    alone = classifier.predict_sources(good)
+    assert [outcomes[0], outcomes[2]] == alone
+
+
+def test_threshold_and_temperature_from_the_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    checkpoint = Checkpoint(arch="seed_cnn", state_dict={}, preset=Preset(size=32))
+    classifier = Classifier.__new__(Classifier)
+    classifier.checkpoint = checkpoint
+    classifier.device = torch.device("cpu")
+    classifier.net = net.eval()
+    classifier.temperature = 2.0
+    classifier.threshold = 0.7
+    classifier.version = "test"
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        logits = net(x).reshape(-1)
+    expected = torch.sigmoid(logits / 2.0).numpy()
+    results = classifier.predict(x)
+    assert [r.probability for r in results] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert [r.label for r in results] == [
+        "fractured" if p >= 0.7 else "not_fractured" for p in expected
+    ]
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tiny_model: Path, tmp_path: Path) -> None:
+    original = load(tiny_model)
+    copy = save(original, tmp_path / "copy.pt")
+    a, b = Classifier.load(tiny_model, device="cpu"), Classifier.load(copy, device="cpu")
+    batch = torch.stack([a.prepare(p).tensor for p in sample_images()])
+    assert a.version == b.version
+    assert torch.equal(a.logits(batch), b.logits(batch))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from celery import Celery
 from amqp.exceptions import ChannelError
+from celery import Celery
 from kombu.exceptions import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 

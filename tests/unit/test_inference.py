@@ -53,7 +53,7 @@ def test_explained_prediction_equals_plain_prediction(tiny_model: Path) -> None:
     explained, maps = classifier.predict_explained(batch, "all")
     assert [r.probability for r in plain] == pytest.approx([r.probability for r in explained])
     assert sorted(maps) == list(range(len(prepared)))
-    assert all(0.0 <= m.min() and m.max() <= 1.0 for m in maps.values())
+    assert all(m.min() >= 0.0 and m.max() <= 1.0 for m in maps.values())
     positives = classifier.predict_explained(batch, "positive")[1]
     assert set(positives) == {i for i, r in enumerate(plain) if r.label == "fractured"}
     assert classifier.predict_explained(batch, "none")[1] == {}

@@ -167,11 +167,12 @@ class Pipeline:
         from worker.app import make_celery
 
         app = make_celery(Settings(), self.broker.url)
-        deadline = time.monotonic() + 120
-        while not client.live_workers(app, timeout=0.5):
+        deadline = time.monotonic() + 300
+        while not client.live_workers(app, timeout=1.0):
             if time.monotonic() > deadline or self.worker.poll() is not None:
                 self.close()
-                raise RuntimeError(f"the worker did not start; see {root / 'worker.log'}")
+                tail = (root / "worker.log").read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"the worker did not start:\n{tail}")
         self.engine = make_engine(self.database_url)
         self.factory = make_session_factory(self.engine)
 

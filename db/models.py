@@ -78,6 +78,7 @@ class Image(Base):
         Index("ix_images_status", "status"),
         Index("ix_images_received_at", "received_at"),
         Index("ix_images_source", "source"),
+        Index("ix_images_filename_id", "filename", "id"),
     )
 
 
@@ -109,6 +110,7 @@ class Prediction(Base):
         Index("ix_predictions_label", "label"),
         Index("ix_predictions_probability", "probability"),
         Index("ix_predictions_created_at", "created_at"),
+        Index("ix_predictions_created_at_label", "created_at", "label"),
     )
 
 

@@ -38,6 +38,7 @@ def dashboard_command(settings: Settings) -> list[str]:
         "--server.maxUploadSize", str(settings.upload_max_mb),
         "--browser.gatherUsageStats", "false",
         "--global.developmentMode", "false",
+        "--client.toolbarMode", "viewer",
     ]  # fmt: skip
 
 

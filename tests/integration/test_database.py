@@ -99,3 +99,16 @@ def test_resend_picks_unsent_and_stuck_rows_only(factory) -> None:
     with factory() as session:  # a row the watcher is sending right now is left alone
         rows = queries.images_to_resend(session=session, stuck_after=timedelta(minutes=2))
     assert [r.id for r in rows] == [stuck]
+
+
+def test_migrations_match_the_models(database_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from db.models import Base
+
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    engine.dispose()

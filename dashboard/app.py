@@ -1,0 +1,31 @@
+"""Dashboard entry point (`streamlit run dashboard/app.py`, started by `fracture dashboard`/`up`).
+
+Wires the pages only: context, notice, sign-in, navigation. The pages live in dashboard/views.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import ui
+
+st.set_page_config(
+    page_title="Fracture screening",
+    page_icon=":material/radiology:",
+    layout="wide",
+    initial_sidebar_state="auto",
+)
+ui.style()
+dashboard = ui.dashboard()
+ui.notice()
+if ui.gate(dashboard):
+    ui.sign_out_button(dashboard)
+    page = st.navigation(
+        [
+            st.Page("views/upload.py", title="Upload", icon=":material/upload_file:", default=True),
+            st.Page("views/browse.py", title="Browse", icon=":material/table_rows:"),
+            st.Page("views/overview.py", title="Overview", icon=":material/monitoring:"),
+        ],
+        position="top",
+    )
+    page.run()

@@ -1,0 +1,327 @@
+"""What the dashboard does besides drawing: upload → store → register → enqueue → wait, CSV
+export, the password check, and image display helpers. No Streamlit in here.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import logging
+import os
+import time
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import browse, queries
+from db.migrate import upgrade
+from db.models import Image, ImageSource, ImageStatus, Prediction, utcnow
+from db.session import make_engine, make_session_factory, transaction
+from fracture.settings import Settings
+from worker import client
+from worker.app import make_celery
+
+log = logging.getLogger(__name__)
+
+NOTICE = "Decision support only — not for clinical use."
+FORMATS = "PNG, JPEG, BMP, TIFF or DICOM"
+DISPLAY_NAME_MAX = 200
+DISPLAY_MAX_SIDE = 1024  # px: about twice what a column shows, for sharp zoom on HiDPI
+
+
+class UploadError(ValueError):
+    """An upload refused before it was stored; the message is shown to the user."""
+
+
+@dataclass
+class Dashboard:
+    """Everything the pages share, built once per process from one Settings object."""
+
+    settings: Settings
+    factory: sessionmaker[Session]
+    celery: Celery | None
+
+    @classmethod
+    def start(cls, settings: Settings) -> Dashboard:
+        settings.ensure_dirs()
+        upgrade(settings.resolved_database_url)
+        factory = make_session_factory(make_engine(settings.resolved_database_url))
+        celery = make_celery(settings, settings.broker_url) if settings.broker_url else None
+        return cls(settings=settings, factory=factory, celery=celery)
+
+
+# -- access ----------------------------------------------------------------------------------
+
+
+def password_required(settings: Settings) -> bool:
+    return settings.dashboard_password is not None and bool(
+        settings.dashboard_password.get_secret_value()
+    )
+
+
+def password_ok(settings: Settings, attempt: str) -> bool:
+    """Constant-time comparison with FRACTURE_DASHBOARD_PASSWORD; True when none is set."""
+    if not password_required(settings):
+        return True
+    assert settings.dashboard_password is not None
+    expected = settings.dashboard_password.get_secret_value().encode()
+    return hmac.compare_digest(attempt.encode(), expected)
+
+
+# -- upload ----------------------------------------------------------------------------------
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The stored file's extension, judged from the bytes (never from the user's file name)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpg"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "tif"
+    if data.startswith(b"BM") and len(data) > 26:
+        return "bmp"
+    if data[128:132] == b"DICM":
+        return "dcm"
+    return None
+
+
+def display_name(name: str) -> str:
+    """The last component of a user-supplied name, printable, for display only."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(c for c in base if unicodedata.category(c)[0] != "C").strip()
+    cleaned = " ".join(cleaned.split())[:DISPLAY_NAME_MAX]
+    return cleaned if cleaned not in ("", ".", "..") else "upload"
+
+
+@dataclass(frozen=True)
+class Stored:
+    image_id: int
+    sha256: str
+    created: bool  # False: these bytes were already known
+    status: str  # status right after registration
+    sent: bool | None  # sent to the broker now; None: nothing needed sending
+
+
+def store_upload(dashboard: Dashboard, name: str, data: bytes) -> Stored:
+    """Keep the bytes under the uploads folder and register them; send new ones to a worker."""
+    settings = dashboard.settings
+    limit = settings.upload_max_mb * 1024 * 1024
+    if len(data) > limit:
+        raise UploadError(
+            f"the file is {len(data) / 1048576:.1f} MB; the upload limit is "
+            f"{settings.upload_max_mb} MB (FRACTURE_UPLOAD_MAX_MB)"
+        )
+    if not data:
+        raise UploadError("the file is empty (0 bytes)")
+    extension = sniff_format(data)
+    if extension is None:
+        raise UploadError(f"not a {FORMATS} file (judged from its contents)")
+    sha256 = hashlib.sha256(data).hexdigest()
+    target = _write_once(settings.uploads_dir, f"{sha256}.{extension}", data)
+    with transaction(dashboard.factory) as session:
+        image, created = queries.register_image(
+            session=session,
+            sha256=sha256,
+            path=str(target),
+            filename=display_name(name),
+            size=len(data),
+            source=ImageSource.UPLOAD,
+            fmt=extension,
+        )
+        session.flush()
+        image_id, status, never_sent = image.id, image.status, image.enqueued_at is None
+    sent: bool | None = None
+    # New bytes, or a queued row that never reached the broker (it was down at the time).
+    if created or (status == ImageStatus.QUEUED and never_sent):
+        sent = (
+            client.enqueue(dashboard.celery, dashboard.factory, [image_id], upload=True)
+            if dashboard.celery is not None
+            else False
+        )
+    log.info("upload stored as image %d (new: %s, sent: %s)", image_id, created, sent)
+    return Stored(image_id=image_id, sha256=sha256, created=created, status=status, sent=sent)
+
+
+def _write_once(directory: Path, name: str, data: bytes) -> Path:
+    """Write `data` to directory/name atomically unless it is already there."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    if target.is_file() and target.stat().st_size == len(data):
+        return target
+    partial = directory / f".{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+@dataclass(frozen=True)
+class Answer:
+    image: Image
+    prediction: Prediction | None
+    waited_s: float
+    timed_out: bool
+
+
+FINISHED = (ImageStatus.DONE, ImageStatus.FAILED)
+
+
+def wait_for_answer(
+    factory: sessionmaker[Session],
+    image_id: int,
+    *,
+    timeout_s: float,
+    poll_s: float = 0.25,
+    on_poll: Callable[[str, float], None] | None = None,
+) -> Answer:
+    """Poll the database until the image is done or failed, or `timeout_s` has passed."""
+    started = time.monotonic()
+    while True:
+        with factory() as session:
+            image = browse.image_detail(session=session, image_id=image_id)
+        if image is None:
+            raise LookupError(f"image {image_id} is not in the database")
+        waited = time.monotonic() - started
+        if image.status in FINISHED or waited >= timeout_s:
+            return Answer(
+                image=image,
+                prediction=queries.latest_prediction(image),
+                waited_s=waited,
+                timed_out=image.status not in FINISHED,
+            )
+        if on_poll is not None:
+            on_poll(image.status, waited)
+        time.sleep(min(poll_s, max(0.0, timeout_s - waited)))
+
+
+# -- export ----------------------------------------------------------------------------------
+
+EXPORT_COLUMNS = (
+    "image_id",
+    "prediction_id",
+    "received_at_utc",
+    "filename",
+    "source",
+    "status",
+    "label",
+    "probability",
+    "threshold",
+    "model_version",
+    "predicted_at_utc",
+    "review_verdict",
+    "review_agrees",
+    "reviewer",
+    "reviewed_at_utc",
+    "review_count",
+    "review_note",
+    "warning",
+    "error",
+)
+
+
+def _cell(value: object) -> object:
+    """Plain values; text that a spreadsheet would run as a formula is quoted."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def export_record(row: browse.BrowseRow) -> tuple[object, ...]:
+    review = row.review
+    return tuple(
+        _cell(v)
+        for v in (
+            row.image_id,
+            row.prediction_id,
+            row.received_at,
+            row.filename,
+            row.source,
+            row.status,
+            row.label,
+            row.probability,
+            row.threshold,
+            row.model_version,
+            row.predicted_at,
+            review.verdict if review else None,
+            review.agrees if review else None,
+            review.reviewer if review else None,
+            review.created_at if review else None,
+            review.count if review else 0,
+            review.note if review else None,
+            row.warning,
+            row.error,
+        )
+    )
+
+
+def export_lines(
+    factory: sessionmaker[Session], flt: browse.BrowseFilter, sort: browse.SortKey
+) -> Iterator[str]:
+    """The filtered table as CSV text, a line at a time, streamed from the database."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    buffer.write(f"# {NOTICE} Exported {utcnow():%Y-%m-%d %H:%M} UTC.\n")
+    writer.writerow(EXPORT_COLUMNS)
+    yield flush()
+    with factory() as session:
+        for row in browse.iter_rows(session=session, flt=flt, sort=sort):
+            writer.writerow(export_record(row))
+            yield flush()
+
+
+def export_csv(
+    factory: sessionmaker[Session], flt: browse.BrowseFilter, sort: browse.SortKey
+) -> bytes:
+    return "".join(export_lines(factory, flt, sort)).encode("utf-8")
+
+
+# -- image display -----------------------------------------------------------------------------
+
+
+def display_pixels(pixels: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
+    """Greyscale floats reduced (area-averaged) so the longer side is at most `max_side`."""
+    import cv2
+
+    height, width = pixels.shape
+    scale = max_side / max(height, width)
+    if scale >= 1.0:
+        return pixels.astype(np.float32)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(pixels.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+
+
+def apply_window(
+    pixels: np.ndarray, level: float, width: float, *, invert: bool = False
+) -> np.ndarray:
+    """Window/level on [0, 1] greyscale: values in level ± width/2 span black to white."""
+    width = max(width, 1e-3)
+    low = level - width / 2
+    out = np.clip((pixels.astype(np.float32) - low) / width, 0.0, 1.0)
+    if invert:
+        out = 1.0 - out
+    return (out * 255.0 + 0.5).astype(np.uint8)

@@ -1,0 +1,275 @@
+"""Browse page: every stored prediction, filtered, sorted and paged by the database; one opens
+below the table with its image, heatmap, fields and review form.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import services, ui
+from db import browse
+from db.models import utcnow
+
+SORTS = {
+    browse.SortKey.NEWEST: "Newest first",
+    browse.SortKey.OLDEST: "Oldest first",
+    browse.SortKey.PROBABILITY_DESC: "Highest probability first",
+    browse.SortKey.PROBABILITY_ASC: "Lowest probability first",
+    browse.SortKey.FILENAME: "File name",
+}
+REVIEW_STATES = {
+    browse.ReviewState.ANY: "Any",
+    browse.ReviewState.UNREVIEWED: "Not reviewed",
+    browse.ReviewState.REVIEWED: "Reviewed",
+    browse.ReviewState.AGREED: "Reader agrees",
+    browse.ReviewState.DISAGREED: "Reader corrected",
+}
+PAGE_SIZES = (25, 50, 100, 200)
+FILTER_KEYS = ("f-labels", "f-prob", "f-dates", "f-sources", "f-statuses", "f-review", "f-name")
+LATEST = "latest"
+VERSION_CHOICES = {
+    LATEST: "Latest prediction per image",
+    browse.ALL_VERSIONS: "Every model version (a row each)",
+}
+
+
+def _first_page() -> None:
+    st.session_state["page"] = 1
+
+
+def _clear_filters() -> None:
+    for key in FILTER_KEYS:
+        st.session_state.pop(key, None)
+    st.session_state["f-model"] = LATEST
+    _first_page()
+
+
+def _step(delta: int, pages: int) -> None:
+    st.session_state["page"] = min(max(1, int(st.session_state.get("page", 1)) + delta), pages)
+
+
+def _open_selected() -> None:
+    """A row picked in the table becomes the open image."""
+    selection = st.session_state["table"].selection.rows
+    keys: list[tuple[int, int | None]] = st.session_state.get("page-keys", [])
+    if selection and selection[0] < len(keys):
+        st.session_state["open-image"], st.session_state["open-prediction"] = keys[selection[0]]
+
+
+def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.SortKey]:
+    """The sidebar: every filter is applied by the database, not to a loaded table."""
+    side = st.sidebar
+    side.markdown("**Filter**")
+    labels = side.multiselect(
+        "Finding",
+        browse.LABELS,
+        format_func=ui.label_text,
+        key="f-labels",
+        on_change=_first_page,
+    )
+    low, high = side.slider(
+        "Fracture probability",
+        0.0,
+        1.0,
+        (0.0, 1.0),
+        step=0.01,
+        key="f-prob",
+        on_change=_first_page,
+    )
+    days = side.date_input(
+        "Received between",
+        value=[],
+        max_value=date.today(),
+        key="f-dates",
+        on_change=_first_page,
+        help="Days in your browser's time zone.",
+    )
+    statuses = side.multiselect(
+        "Status",
+        browse.STATUSES,
+        format_func=lambda s: ui.STATUS_TEXT.get(s, s),
+        key="f-statuses",
+        on_change=_first_page,
+    )
+    sources = side.multiselect(
+        "Source",
+        browse.SOURCES,
+        format_func=lambda s: {"watch": "Inbox", "upload": "Upload"}.get(s, s),
+        key="f-sources",
+        on_change=_first_page,
+    )
+    review = side.selectbox(
+        "Review",
+        list(REVIEW_STATES),
+        format_func=REVIEW_STATES.__getitem__,
+        key="f-review",
+        on_change=_first_page,
+    )
+    name = side.text_input(
+        "File name contains", key="f-name", on_change=_first_page, placeholder="e.g. ward3/"
+    )
+    with dashboard.factory() as session:
+        versions = browse.model_versions(session=session)
+    version = side.selectbox(
+        "Model",
+        [*VERSION_CHOICES, *versions],
+        format_func=lambda v: VERSION_CHOICES.get(v, v),
+        key="f-model",
+        on_change=_first_page,
+        help="A new model adds predictions beside the old ones; the table shows each image's "
+        "latest unless you pick a version.",
+    )
+    side.button("Clear filters", on_click=_clear_filters, icon=":material/filter_alt_off:")
+    start, before = ui.day_bounds(tuple(days) if isinstance(days, tuple | list) else (days,))
+    flt = browse.BrowseFilter(
+        labels=tuple(labels),
+        probability_min=low if low > 0.0 else None,
+        probability_max=high if high < 1.0 else None,
+        received_from=start,
+        received_before=before,
+        sources=tuple(sources),
+        statuses=tuple(statuses),
+        review_state=browse.ReviewState(review),
+        filename=name or None,
+        model_version=None if version == LATEST else version,
+    )
+    return flt, st.session_state.get("sort", browse.SortKey.NEWEST)
+
+
+def review_text(row: browse.BrowseRow) -> str:
+    if row.review is None:
+        return ""
+    mark = "✓" if row.review.agrees else "✗ " + ui.label_text(row.review.verdict)
+    more = f" (+{row.review.count - 1})" if row.review.count > 1 else ""
+    return f"{mark} {row.review.reviewer}{more}"
+
+
+def table(page: browse.Page) -> pd.DataFrame:
+    """Only the rows of this page: at most a few hundred, never the whole table."""
+    return pd.DataFrame(
+        {
+            "Image": [r.image_id for r in page.rows],
+            "Received": [ui.local_time(r.received_at) for r in page.rows],
+            "File": [r.filename for r in page.rows],
+            "Status": [ui.STATUS_TEXT.get(r.status, r.status) for r in page.rows],
+            "Finding": [ui.label_text(r.label) if r.label else "" for r in page.rows],
+            "Probability": [r.probability for r in page.rows],
+            "Threshold": [r.threshold for r in page.rows],
+            "Review": [review_text(r) for r in page.rows],
+            "Source": [r.source for r in page.rows],
+            "Model": [r.model_version or "" for r in page.rows],
+            "Problem": [r.error or r.warning or "" for r in page.rows],
+        }
+    )
+
+
+def render() -> None:
+    dashboard = ui.dashboard()
+    flt, _ = filters(dashboard)
+    top = st.columns([3, 2, 1, 1], vertical_alignment="bottom")
+    top[0].subheader("Browse predictions")
+    sort = top[1].selectbox(
+        "Sort",
+        list(SORTS),
+        format_func=SORTS.__getitem__,
+        key="sort",
+        on_change=_first_page,
+    )
+    page_size = top[2].selectbox(
+        "Rows per page", PAGE_SIZES, index=1, key="page-size", on_change=_first_page
+    )
+    top[3].button("Refresh", icon=":material/refresh:", width="stretch")
+
+    try:
+        with dashboard.factory() as session:
+            page = browse.browse(
+                session=session,
+                flt=flt,
+                sort=browse.SortKey(sort),
+                page=int(st.session_state.get("page", 1)),
+                page_size=int(page_size),
+            )
+    except browse.QueryError as exc:
+        st.error(f"Cannot filter like that: {exc}.")
+        return
+    st.session_state["page"] = page.page
+    st.session_state["page-keys"] = [(r.image_id, r.prediction_id) for r in page.rows]
+
+    first = (page.page - 1) * page.page_size + 1 if page.total else 0
+    last = min(page.total, page.page * page.page_size)
+    nav = st.columns([4, 1, 1, 1.4, 1.6], vertical_alignment="center")
+    nav[0].markdown(
+        f"**{page.total:,}** matching rows · showing {first:,}–{last:,} · "
+        f"page {page.page:,} of {page.pages:,}"
+    )
+    nav[1].button(
+        "Previous",
+        on_click=_step,
+        args=(-1, page.pages),
+        disabled=page.page <= 1,
+        width="stretch",
+    )
+    nav[2].button(
+        "Next",
+        on_click=_step,
+        args=(1, page.pages),
+        disabled=page.page >= page.pages,
+        width="stretch",
+    )
+    nav[3].number_input(
+        "Page", min_value=1, max_value=page.pages, key="page", label_visibility="collapsed"
+    )
+    nav[4].download_button(
+        "Export CSV",
+        data=lambda: services.export_csv(dashboard.factory, flt, browse.SortKey(sort)),
+        file_name=f"fracture-predictions-{utcnow():%Y%m%d-%H%M}.csv",
+        mime="text/csv",
+        on_click="ignore",
+        icon=":material/download:",
+        help=f"All {page.total:,} matching rows (not just this page), as CSV.",
+        width="stretch",
+    )
+
+    if page.rows:
+        st.dataframe(
+            table(page),
+            hide_index=True,
+            width="stretch",
+            height=min(38 + 35 * len(page.rows), 640),
+            key="table",
+            on_select=_open_selected,
+            selection_mode="single-row",
+            column_config={
+                "Image": st.column_config.NumberColumn(format="%d", width="small"),
+                "Probability": st.column_config.ProgressColumn(
+                    min_value=0.0, max_value=1.0, format="%.3f", width="small"
+                ),
+                "Threshold": st.column_config.NumberColumn(format="%.2f", width="small"),
+                "File": st.column_config.TextColumn(width="medium"),
+                "Problem": st.column_config.TextColumn(width="medium"),
+            },
+        )
+    else:
+        st.info("No stored prediction matches these filters.", icon=":material/search_off:")
+
+    st.divider()
+    chosen = st.columns([1, 5], vertical_alignment="bottom")
+    st.session_state.setdefault("open-image", None)  # set by a table click, or typed here
+    image_id = chosen[0].number_input(
+        "Open image #", min_value=1, step=1, key="open-image", placeholder="id"
+    )
+    if image_id is None:
+        chosen[1].caption("Select a row in the table (or type an image number) to open it here.")
+        return
+    ui.detail(
+        dashboard,
+        int(image_id),
+        prediction_id=st.session_state.get("open-prediction"),
+        key="browse",
+    )
+
+
+render()

@@ -1,0 +1,203 @@
+"""Overview page: counts, positive rate over time, throughput, the queue and the workers, and
+how often readers agree with each model version.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+from amqp.exceptions import ChannelError
+from celery import Celery
+
+from dashboard import services, ui
+from db import browse
+from worker import client
+
+log = logging.getLogger(__name__)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def broker_health(_celery: Celery, broker_url: str) -> tuple[int | None, list[str]]:
+    """Queue depth and live workers, asked of the broker at most every 5 s (a ping waits 1 s)."""
+    del broker_url  # the cache key
+    try:
+        depth = client.queue_depth(_celery)
+    except ChannelError as exc:
+        # Redis deletes an empty list, so a passive declare of an empty queue says NOT_FOUND.
+        log.debug("queue not found, taken as empty: %s", exc)
+        depth = 0
+    return depth, client.live_workers(_celery)
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def agreement_table(rows: list[browse.Agreement]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Model version": [a.model_version for a in rows],
+            "Reviewed cases": [a.cases for a in rows],
+            "Sensitivity": [_percent(a.sensitivity) for a in rows],
+            "Specificity": [_percent(a.specificity) for a in rows],
+            "Agreement": [_percent(a.agreement) for a in rows],
+            "Cohen's κ": ["—" if a.kappa is None else f"{a.kappa:.3f}" for a in rows],
+            "TP": [a.true_positive for a in rows],
+            "FP": [a.false_positive for a in rows],
+            "FN": [a.false_negative for a in rows],
+            "TN": [a.true_negative for a in rows],
+        }
+    )
+
+
+def day_chart(per_day: list[browse.DayRate], days: int) -> alt.LayerChart:
+    """Bars: predictions per day (zeros included); line: the share that were positive."""
+    today = pd.Timestamp.now(tz="UTC").normalize().tz_localize(None)
+    frame = pd.DataFrame(
+        {"predictions": 0, "positives": 0}, index=pd.date_range(end=today, periods=days, freq="D")
+    )
+    for d in per_day:
+        frame.loc[pd.Timestamp(d.day), ["predictions", "positives"]] = [d.total, d.positives]
+    frame["positive rate"] = (frame["positives"] / frame["predictions"]).where(
+        frame["predictions"] > 0
+    )
+    frame = frame.rename_axis("day").reset_index()
+    base = alt.Chart(frame).encode(x=alt.X("day:T", title=None))
+    bars = base.mark_bar(opacity=0.35, color="#868e96").encode(
+        y=alt.Y("predictions:Q", title="predictions"),
+        tooltip=["day:T", "predictions:Q", "positives:Q"],
+    )
+    line = base.mark_line(color="#e03131", point=alt.OverlayMarkDef(color="#e03131")).encode(
+        y=alt.Y("positive rate:Q", title="positive rate", axis=alt.Axis(format="%")),
+        tooltip=["day:T", alt.Tooltip("positive rate:Q", format=".1%")],
+    )
+    return alt.layer(bars, line).resolve_scale(y="independent").properties(height=260)
+
+
+def hour_chart(per_hour: list[browse.HourCount]) -> alt.Chart:
+    """Images finished per hour over the last 48 hours, predictions and failures stacked."""
+    now = pd.Timestamp.now(tz="UTC").floor("h").tz_localize(None)
+    frame = pd.DataFrame(
+        {"predictions": 0, "failures": 0}, index=pd.date_range(end=now, periods=48, freq="h")
+    )
+    for h in per_hour:
+        stamp = pd.Timestamp(h.hour)
+        if stamp in frame.index:
+            frame.loc[stamp, ["predictions", "failures"]] = [h.predictions, h.failures]
+    long = frame.rename_axis("hour").reset_index().melt("hour", var_name="outcome")
+    return (
+        alt.Chart(long)
+        .mark_bar()
+        .encode(
+            x=alt.X("hour:T", title=None),
+            y=alt.Y("value:Q", title="images per hour", stack=True),
+            color=alt.Color(
+                "outcome:N",
+                scale=alt.Scale(domain=["predictions", "failures"], range=["#1c7ed6", "#f08c00"]),
+                legend=alt.Legend(orient="top", title=None),
+            ),
+            tooltip=["hour:T", "outcome:N", "value:Q"],
+        )
+        .properties(height=260)
+    )
+
+
+def figures(dashboard: services.Dashboard, days: int) -> None:
+    with dashboard.factory() as session:
+        statuses = browse.status_counts(session=session)
+        labels = browse.label_counts(session=session)
+        per_day = browse.positive_rate_by_day(session=session, days=days)
+        per_hour = browse.throughput_by_hour(session=session, hours=48)
+        agreement = browse.agreement_by_model(session=session)
+    if dashboard.celery is not None:
+        depth, workers = broker_health(dashboard.celery, dashboard.settings.broker_url or "")
+    else:
+        depth, workers = None, []
+
+    total = sum(statuses.values())
+    predictions = sum(labels.values())
+    cells = st.columns(7)
+    cells[0].metric("Images", f"{total:,}")
+    cells[1].metric("Done", f"{statuses['done']:,}")
+    cells[2].metric("Failed", f"{statuses['failed']:,}")
+    cells[3].metric("Waiting", f"{statuses['queued'] + statuses['processing']:,}")
+    cells[4].metric(
+        "Fracture suspected",
+        f"{labels[browse.POSITIVE_LABEL]:,}",
+        help=f"{labels[browse.POSITIVE_LABEL] / predictions:.1%} of predictions"
+        if predictions
+        else None,
+    )
+    cells[5].metric(
+        "Broker queue",
+        "unknown" if depth is None else f"{depth:,}",
+        help="Messages waiting in the bulk and upload queues (not those held by workers).",
+    )
+    cells[6].metric(
+        "Workers alive",
+        f"{len(workers)}",
+        help=", ".join(workers) if workers else "No worker answered a ping within 1 s.",
+    )
+    if dashboard.celery is None:
+        st.caption("No broker configured (FRACTURE_BROKER_URL): queue and workers are unknown.")
+    elif not workers:
+        st.warning(
+            "No worker answered. Uploads and new inbox files stay queued until one runs.",
+            icon=":material/power_off:",
+        )
+
+    left, right = st.columns(2, gap="large")
+    with left:
+        st.markdown(f"**Predictions and positive rate per day** (UTC, last {days} days)")
+        if per_day:
+            st.altair_chart(day_chart(per_day, days), width="stretch")
+        else:
+            st.caption("No predictions in this period.")
+    with right:
+        st.markdown("**Throughput per hour** (UTC, last 48 hours)")
+        if per_hour:
+            st.altair_chart(hour_chart(per_hour), width="stretch")
+        else:
+            st.caption("Nothing processed in the last 48 hours.")
+    st.markdown("**Images by status and finding**")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {ui.STATUS_TEXT.get(k, k): v for k, v in statuses.items()}
+                | {ui.label_text(k): v for k, v in labels.items()}
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+
+    st.markdown("**Model against readers**, per model version")
+    if agreement:
+        st.dataframe(agreement_table(agreement), hide_index=True, width="stretch")
+        st.caption(
+            "Readers' verdicts are the reference; each reviewed prediction counts once, by its "
+            "latest review. Sensitivity and specificity are the model's, for fracture. "
+            "Reviewed cases are not a random sample: read these figures with that in mind."
+        )
+    else:
+        st.caption("No reviews yet: confirm or correct predictions under Browse.")
+
+
+def render() -> None:
+    dashboard = ui.dashboard()
+    head = st.columns([4, 1, 1], vertical_alignment="bottom")
+    head[0].subheader("Overview")
+    days = head[1].selectbox("Period", (7, 30, 90, 365), index=1, format_func="{} days".format)
+    live = head[2].toggle("Auto-refresh", help="Update every 10 s.")
+
+    @st.fragment(run_every=10 if live else None)
+    def live_figures() -> None:
+        figures(dashboard, int(days))
+
+    live_figures()
+
+
+render()

@@ -1,0 +1,607 @@
+"""Queries behind the dashboard: browse (filter, sort, page), detail, reviews, overview figures.
+
+Everything is filtered, sorted, counted and aggregated in the database, so a page costs the
+same at 100 rows as at 100,000. Query functions take a keyword-only `session`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, Row, Select, and_, case, func, select
+from sqlalchemy.orm import Session, aliased, selectinload
+
+from db.models import Image, ImageSource, ImageStatus, Prediction, Review, utcnow
+
+# The checkpoint's class names (model.checkpoint.CLASS_NAMES); kept here so db/ stays free of torch.
+NEGATIVE_LABEL = "not_fractured"
+POSITIVE_LABEL = "fractured"
+LABELS = (POSITIVE_LABEL, NEGATIVE_LABEL)
+STATUSES = tuple(s.value for s in ImageStatus)
+SOURCES = tuple(s.value for s in ImageSource)
+REVIEWER_MAX = 128
+ALL_VERSIONS = "*"  # BrowseFilter.model_version: every model's prediction, one row each
+
+
+class ReviewState(enum.StrEnum):
+    """A prediction's review state, judged by its latest review."""
+
+    ANY = "any"
+    UNREVIEWED = "unreviewed"
+    REVIEWED = "reviewed"
+    AGREED = "agreed"
+    DISAGREED = "disagreed"
+
+
+class SortKey(enum.StrEnum):
+    NEWEST = "newest"
+    OLDEST = "oldest"
+    PROBABILITY_DESC = "probability_desc"
+    PROBABILITY_ASC = "probability_asc"
+    FILENAME = "filename"
+
+
+class QueryError(ValueError):
+    """A filter, sort or review value outside what the query accepts."""
+
+
+def _check_choices(name: str, values: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise QueryError(f"unknown {name} {unknown!r}; choose from {', '.join(allowed)}")
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class BrowseFilter:
+    """What the browse table shows; empty tuples and None mean "no restriction"."""
+
+    labels: tuple[str, ...] = ()
+    probability_min: float | None = None
+    probability_max: float | None = None
+    received_from: datetime | None = None  # inclusive, timezone-aware (UTC)
+    received_before: datetime | None = None  # exclusive
+    sources: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    review_state: ReviewState = ReviewState.ANY
+    filename: str | None = None  # case-insensitive substring
+    # None: each image's latest prediction (one row per image); ALL_VERSIONS: one row per
+    # prediction (audit, comparing models); a version: only that model's predictions.
+    model_version: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_choices("label", self.labels, LABELS)
+        _check_choices("source", self.sources, SOURCES)
+        _check_choices("status", self.statuses, STATUSES)
+        for bound in (self.probability_min, self.probability_max):
+            if bound is not None and not 0.0 <= bound <= 1.0:
+                raise QueryError(f"probability bounds must be between 0 and 1, not {bound}")
+        for moment in (self.received_from, self.received_before):
+            if moment is not None and moment.tzinfo is None:
+                raise QueryError("date bounds must be timezone-aware (UTC)")
+        ReviewState(self.review_state)
+
+    @property
+    def restricts_prediction(self) -> bool:
+        """True when only rows with a prediction can match."""
+        return bool(
+            self.labels
+            or self.probability_min is not None
+            or self.probability_max is not None
+            or self.review_state != ReviewState.ANY
+            or self.model_version not in (None, ALL_VERSIONS)
+        )
+
+
+@dataclass(frozen=True)
+class LatestReview:
+    reviewer: str
+    verdict: str
+    agrees: bool
+    note: str | None
+    created_at: datetime
+    count: int  # reviews of this prediction, this one included
+
+
+@dataclass(frozen=True)
+class BrowseRow:
+    """One line of the browse table: an image and one of its predictions (if any)."""
+
+    image_id: int
+    filename: str
+    source: str
+    status: str
+    received_at: datetime
+    error: str | None
+    warning: str | None
+    prediction_id: int | None
+    model_version: str | None
+    label: str | None
+    probability: float | None
+    threshold: float | None
+    predicted_at: datetime | None
+    review: LatestReview | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[BrowseRow]
+    total: int
+    page: int  # 1-based
+    page_size: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.page_size))
+
+
+_ROW_COLUMNS: tuple[Any, ...] = (
+    Image.id.label("image_id"),
+    Image.filename,
+    Image.source,
+    Image.status,
+    Image.received_at,
+    Image.error,
+    Image.warning,
+    Prediction.id.label("prediction_id"),
+    Prediction.model_version,
+    Prediction.label,
+    Prediction.probability,
+    Prediction.threshold,
+    Prediction.created_at.label("predicted_at"),
+)
+
+
+def _latest_review_ids() -> Select[Any]:
+    """The id of each prediction's latest review."""
+    return select(func.max(Review.id)).group_by(Review.prediction_id)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _conditions(flt: BrowseFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if flt.labels:
+        conditions.append(Prediction.label.in_(flt.labels))
+    if flt.probability_min is not None:
+        conditions.append(Prediction.probability >= flt.probability_min)
+    if flt.probability_max is not None:
+        conditions.append(Prediction.probability <= flt.probability_max)
+    if flt.received_from is not None:
+        conditions.append(Image.received_at >= flt.received_from)
+    if flt.received_before is not None:
+        conditions.append(Image.received_at < flt.received_before)
+    if flt.sources:
+        conditions.append(Image.source.in_(flt.sources))
+    if flt.statuses:
+        conditions.append(Image.status.in_(flt.statuses))
+    if flt.filename and flt.filename.strip():
+        pattern = f"%{_escape_like(flt.filename.strip().lower())}%"
+        conditions.append(func.lower(Image.filename).like(pattern, escape="\\"))
+    if flt.model_version not in (None, ALL_VERSIONS):
+        conditions.append(Prediction.model_version == flt.model_version)
+    state = ReviewState(flt.review_state)
+    if state == ReviewState.UNREVIEWED:
+        conditions.append(Prediction.id.not_in(select(Review.prediction_id)))
+    elif state == ReviewState.REVIEWED:
+        conditions.append(Prediction.id.in_(select(Review.prediction_id)))
+    elif state in (ReviewState.AGREED, ReviewState.DISAGREED):
+        # Driven from the (small) reviews table rather than probed once per prediction.
+        conditions.append(
+            Prediction.id.in_(
+                select(Review.prediction_id).where(
+                    Review.id.in_(_latest_review_ids()),
+                    Review.agrees.is_(state == ReviewState.AGREED),
+                )
+            )
+        )
+    return conditions
+
+
+def _base(
+    columns: Sequence[Any], flt: BrowseFilter, *, part: Literal["all", "scored", "unscored"] = "all"
+) -> Select[Any]:
+    """Rows of images joined to their predictions; `part` keeps those with or without one."""
+    query = select(*columns).select_from(Image)
+    on = Prediction.image_id == Image.id
+    if flt.model_version is None:
+        # Each image's latest prediction: the one stored last (highest id).
+        later = aliased(Prediction)
+        on = and_(
+            on,
+            Prediction.id
+            == select(func.max(later.id))
+            .where(later.image_id == Image.id)
+            .correlate(Image)
+            .scalar_subquery(),
+        )
+    if part == "scored" or flt.restricts_prediction:
+        query = query.join(Prediction, on)
+    else:
+        query = query.outerjoin(Prediction, on)
+    if part == "unscored":
+        query = query.where(Prediction.id.is_(None))
+    return query.where(and_(True, *_conditions(flt)))
+
+
+def _ordering(sort: SortKey, *, reverse: bool = False) -> list[Any]:
+    """A total order (ids break ties), or its exact reverse."""
+    sort = SortKey(sort)
+    keys: list[tuple[Any, bool]]  # (column, ascending)
+    if sort in (SortKey.NEWEST, SortKey.OLDEST):
+        ascending = sort == SortKey.OLDEST
+        keys = [(Image.received_at, ascending), (Image.id, ascending), (Prediction.id, ascending)]
+    elif sort in (SortKey.PROBABILITY_DESC, SortKey.PROBABILITY_ASC):
+        keys = [
+            (Prediction.probability, sort == SortKey.PROBABILITY_ASC),
+            (Image.id, False),
+            (Prediction.id, False),
+        ]
+    else:
+        keys = [(Image.filename, True), (Image.id, True), (Prediction.id, True)]
+    ordering = []
+    for column, ascending in keys:
+        ascending = ascending != reverse
+        term = column.asc() if ascending else column.desc()
+        # Images without a prediction sort after every probability, in both directions.
+        if column is Prediction.probability:
+            term = term.nulls_first() if reverse else term.nulls_last()
+        ordering.append(term)
+    return ordering
+
+
+def _rows(session: Session, raw: Sequence[Row[Any]]) -> list[BrowseRow]:
+    """Page rows plus the latest review of each prediction on the page (two small queries)."""
+    prediction_ids = [r.prediction_id for r in raw if r.prediction_id is not None]
+    latest: dict[int, LatestReview] = {}
+    if prediction_ids:
+        counts: dict[int, int] = {
+            pid: int(n)
+            for pid, n in session.execute(
+                select(Review.prediction_id, func.count(Review.id))
+                .where(Review.prediction_id.in_(prediction_ids))
+                .group_by(Review.prediction_id)
+            ).all()
+        }
+        newest = (
+            select(func.max(Review.id))
+            .where(Review.prediction_id.in_(prediction_ids))
+            .group_by(Review.prediction_id)
+        )
+        for review in session.scalars(select(Review).where(Review.id.in_(newest))):
+            latest[review.prediction_id] = LatestReview(
+                reviewer=review.reviewer,
+                verdict=review.verdict,
+                agrees=review.agrees,
+                note=review.note,
+                created_at=review.created_at,
+                count=counts.get(review.prediction_id, 1),
+            )
+    return [
+        BrowseRow(**r._mapping, review=latest.get(r.prediction_id) if r.prediction_id else None)
+        for r in raw
+    ]
+
+
+def count_rows(*, session: Session, flt: BrowseFilter | None = None) -> int:
+    """How many table rows match: images without a prediction count once."""
+    flt = flt or BrowseFilter()
+    # The unfiltered views, shown on every visit, are counted from indexes without a join.
+    if flt == BrowseFilter():  # one row per image
+        return int(session.scalar(select(func.count(Image.id))) or 0)
+    if flt == BrowseFilter(model_version=ALL_VERSIONS):
+        # Images without a prediction, plus every prediction (each has its image).
+        images = select(func.count(Image.id)).scalar_subquery()
+        predictions = select(func.count(Prediction.id)).scalar_subquery()
+        scored = select(func.count(Prediction.image_id.distinct())).scalar_subquery()
+        return int(session.scalar(select(images + predictions - scored)) or 0)
+    return int(session.scalar(_base([func.count()], flt)) or 0)
+
+
+def browse(
+    *,
+    session: Session,
+    flt: BrowseFilter | None = None,
+    sort: SortKey = SortKey.NEWEST,
+    page: int = 1,
+    page_size: int = 50,
+) -> Page:
+    """One page of the filtered, sorted table and the number of matching rows."""
+    flt = flt or BrowseFilter()
+    if not 1 <= page_size <= 1000:
+        raise QueryError(f"page size must be between 1 and 1000, not {page_size}")
+    total = count_rows(session=session, flt=flt)
+    pages = max(1, -(-total // page_size))
+    page = min(max(1, page), pages)
+    offset = (page - 1) * page_size
+    raw = _page_rows(session, flt, sort, offset=offset, limit=page_size, total=total)
+    return Page(rows=_rows(session, raw), total=total, page=page, page_size=page_size)
+
+
+def _page_rows(
+    session: Session, flt: BrowseFilter, sort: SortKey, *, offset: int, limit: int, total: int
+) -> list[Row[Any]]:
+    if sort in (SortKey.PROBABILITY_DESC, SortKey.PROBABILITY_ASC) and not flt.restricts_prediction:
+        # Images without a prediction sort last. Reading the scored rows on their own lets the
+        # database walk the probability index instead of sorting every row of an outer join.
+        raw = list(
+            session.execute(
+                _base(_ROW_COLUMNS, flt, part="scored")
+                .order_by(*_ordering(sort))
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        )
+        if len(raw) < limit:
+            if raw or offset == 0:
+                scored = offset + len(raw)
+            else:
+                scored = int(session.scalar(_base([func.count()], flt, part="scored")) or 0)
+            raw += session.execute(
+                _base(_ROW_COLUMNS, flt, part="unscored")
+                .order_by(*_ordering(sort))
+                .limit(limit - len(raw))
+                .offset(max(0, offset - scored))
+            ).all()
+        return raw
+    query = _base(_ROW_COLUMNS, flt)
+    if offset > total // 2:
+        # Deep pages are read from the other end: OFFSET cost grows with the rows skipped.
+        size = min(limit, total - offset)
+        ordered = query.order_by(*_ordering(sort, reverse=True))
+        return list(session.execute(ordered.limit(size).offset(total - offset - size)).all())[::-1]
+    return list(session.execute(query.order_by(*_ordering(sort)).limit(limit).offset(offset)).all())
+
+
+def iter_rows(
+    *,
+    session: Session,
+    flt: BrowseFilter | None = None,
+    sort: SortKey = SortKey.NEWEST,
+    chunk: int = 1000,
+) -> Iterator[BrowseRow]:
+    """Every matching row, streamed from the database in chunks (for CSV export)."""
+    query = _base(_ROW_COLUMNS, flt or BrowseFilter()).order_by(*_ordering(sort))
+    result = session.execute(query.execution_options(yield_per=chunk))
+    for part in result.partitions():
+        yield from _rows(session, part)
+
+
+# -- detail and review -----------------------------------------------------------------------
+
+
+def image_detail(*, session: Session, image_id: int) -> Image | None:
+    """The image with its predictions and their reviews loaded (oldest first)."""
+    return session.scalar(
+        select(Image)
+        .where(Image.id == image_id)
+        .options(selectinload(Image.predictions).selectinload(Prediction.reviews))
+    )
+
+
+def add_review(
+    *,
+    session: Session,
+    prediction_id: int,
+    reviewer: str,
+    verdict: str,
+    note: str | None = None,
+) -> Review:
+    """Store a reader's verdict beside the prediction; the prediction itself is never changed."""
+    reviewer = " ".join(reviewer.split())
+    if not reviewer:
+        raise QueryError("a review needs the reader's name")
+    if len(reviewer) > REVIEWER_MAX:
+        raise QueryError(f"reader name longer than {REVIEWER_MAX} characters")
+    if verdict not in LABELS:
+        raise QueryError(f"unknown verdict {verdict!r}; choose from {', '.join(LABELS)}")
+    prediction = session.get(Prediction, prediction_id)
+    if prediction is None:
+        raise QueryError(f"no prediction with id {prediction_id}")
+    review = Review(
+        prediction_id=prediction.id,
+        reviewer=reviewer,
+        verdict=verdict,
+        agrees=verdict == prediction.label,
+        note=(note or "").strip() or None,
+    )
+    session.add(review)
+    session.flush()
+    return review
+
+
+def model_versions(*, session: Session) -> list[str]:
+    return list(
+        session.scalars(
+            select(Prediction.model_version).distinct().order_by(Prediction.model_version)
+        )
+    )
+
+
+# -- overview ----------------------------------------------------------------------------------
+
+
+def status_counts(*, session: Session) -> dict[str, int]:
+    """Images per status, every status present (zero when none)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for status, count in session.execute(
+        select(Image.status, func.count()).group_by(Image.status)
+    ).all():
+        counts[status] = int(count)
+    return counts
+
+
+def label_counts(*, session: Session, model_version: str | None = None) -> dict[str, int]:
+    query = select(Prediction.label, func.count()).group_by(Prediction.label)
+    if model_version:
+        query = query.where(Prediction.model_version == model_version)
+    counts = dict.fromkeys(LABELS, 0)
+    for label, count in session.execute(query).all():
+        counts[label] = int(count)
+    return counts
+
+
+def _bucket(session: Session, column: Any, hourly: bool) -> ColumnElement[str]:
+    """A UTC day ('2026-01-31') or hour ('2026-01-31 14:00') as text, on either database."""
+    if session.get_bind().dialect.name == "postgresql":
+        fmt = 'YYYY-MM-DD HH24:"00"' if hourly else "YYYY-MM-DD"
+        return func.to_char(func.timezone("UTC", column), fmt)
+    # SQLite stores these columns as UTC text, 'YYYY-MM-DD HH:MM:SS.ffffff'; slicing it is
+    # several times faster than strftime() over a large table.
+    if hourly:
+        return func.substr(column, 1, 13).concat(":00")
+    return func.substr(column, 1, 10)
+
+
+@dataclass(frozen=True)
+class DayRate:
+    day: str
+    total: int
+    positives: int
+
+    @property
+    def rate(self) -> float:
+        return self.positives / self.total if self.total else 0.0
+
+
+def positive_rate_by_day(
+    *,
+    session: Session,
+    days: int = 30,
+    now: datetime | None = None,
+    model_version: str | None = None,
+) -> list[DayRate]:
+    """Predictions and positives per UTC day over the last `days` days, oldest first."""
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    day = _bucket(session, Prediction.created_at, hourly=False).label("day")
+    positives = func.sum(case((Prediction.label == POSITIVE_LABEL, 1), else_=0))
+    query = (
+        select(day, func.count(), positives)
+        .where(Prediction.created_at >= cutoff)
+        .group_by(day)
+        .order_by(day)
+    )
+    if model_version:
+        query = query.where(Prediction.model_version == model_version)
+    return [
+        DayRate(day=str(d), total=int(n), positives=int(p or 0))
+        for d, n, p in session.execute(query).all()
+    ]
+
+
+@dataclass(frozen=True)
+class HourCount:
+    hour: str
+    predictions: int
+    failures: int
+
+
+def throughput_by_hour(
+    *, session: Session, hours: int = 48, now: datetime | None = None
+) -> list[HourCount]:
+    """Predictions stored and images failed per UTC hour over the last `hours` hours."""
+    cutoff = (now or utcnow()) - timedelta(hours=hours)
+    done_hour = _bucket(session, Prediction.created_at, hourly=True).label("hour")
+    done = dict(
+        session.execute(
+            select(done_hour, func.count())
+            .where(Prediction.created_at >= cutoff)
+            .group_by(done_hour)
+        ).all()
+    )
+    failed_hour = _bucket(session, Image.updated_at, hourly=True).label("hour")
+    failed = dict(
+        session.execute(
+            select(failed_hour, func.count())
+            .where(Image.status == ImageStatus.FAILED, Image.updated_at >= cutoff)
+            .group_by(failed_hour)
+        ).all()
+    )
+    return [
+        HourCount(hour=str(h), predictions=int(done.get(h, 0)), failures=int(failed.get(h, 0)))
+        for h in sorted(set(done) | set(failed))
+    ]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Model against readers over reviewed cases (each prediction's latest review), fracture = 1."""
+
+    model_version: str
+    true_positive: int
+    false_positive: int
+    false_negative: int
+    true_negative: int
+    cases: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "cases",
+            self.true_positive + self.false_positive + self.false_negative + self.true_negative,
+        )
+
+    @property
+    def sensitivity(self) -> float | None:
+        positives = self.true_positive + self.false_negative
+        return self.true_positive / positives if positives else None
+
+    @property
+    def specificity(self) -> float | None:
+        negatives = self.true_negative + self.false_positive
+        return self.true_negative / negatives if negatives else None
+
+    @property
+    def agreement(self) -> float | None:
+        return (self.true_positive + self.true_negative) / self.cases if self.cases else None
+
+    @property
+    def kappa(self) -> float | None:
+        """Cohen's kappa between model and readers; None where chance agreement is total."""
+        return cohen_kappa(
+            self.true_positive, self.false_positive, self.false_negative, self.true_negative
+        )
+
+
+def cohen_kappa(tp: int, fp: int, fn: int, tn: int) -> float | None:
+    """Cohen's kappa of a 2×2 table (rows: reader, columns: model); None when undefined."""
+    n = tp + fp + fn + tn
+    if n == 0:
+        return None
+    observed = (tp + tn) / n
+    model_pos, reader_pos = (tp + fp) / n, (tp + fn) / n
+    expected = model_pos * reader_pos + (1 - model_pos) * (1 - reader_pos)
+    if expected >= 1.0:
+        return None
+    return (observed - expected) / (1 - expected)
+
+
+def agreement_by_model(*, session: Session) -> list[Agreement]:
+    """2×2 tables of model label against each prediction's latest reader verdict."""
+    rows = session.execute(
+        select(Prediction.model_version, Prediction.label, Review.verdict, func.count())
+        .join(Review, Review.prediction_id == Prediction.id)
+        .where(Review.id.in_(_latest_review_ids()))
+        .group_by(Prediction.model_version, Prediction.label, Review.verdict)
+    ).all()
+    tables: dict[str, dict[tuple[bool, bool], int]] = {}
+    for version, label, verdict, count in rows:
+        cell = (label == POSITIVE_LABEL, verdict == POSITIVE_LABEL)
+        table = tables.setdefault(version, {})
+        table[cell] = table.get(cell, 0) + int(count)
+    return [
+        Agreement(
+            model_version=version,
+            true_positive=t.get((True, True), 0),
+            false_positive=t.get((True, False), 0),
+            false_negative=t.get((False, True), 0),
+            true_negative=t.get((False, False), 0),
+        )
+        for version, t in sorted(tables.items())
+    ]

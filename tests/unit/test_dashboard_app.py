@@ -1,0 +1,318 @@
+"""The Streamlit app through AppTest: upload (answered), browse filters, review saved, sign-in."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from db import browse, queries
+from db.models import Image, Prediction, Review
+from db.session import make_engine, make_session_factory, transaction
+from fracture.settings import Settings
+from model.inference import Classifier, Result
+from tests.helpers import REPO, sample_images
+from worker.app import BULK_QUEUE, UPLOAD_QUEUE
+from worker.processing import BatchProcessor
+
+APP = REPO / "dashboard" / "app.py"
+NOTICE = "Decision support only — not for clinical use."
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """FRACTURE_* variables for the app under test (the app builds its Settings from them)."""
+    import os
+
+    for key in [k for k in os.environ if k.startswith("FRACTURE_")]:
+        monkeypatch.delenv(key)
+    values = {
+        "FRACTURE_DATA_DIR": str(tmp_path / "data"),
+        "FRACTURE_INBOX": str(tmp_path / "inbox"),
+        "FRACTURE_UPLOAD_TIMEOUT_S": "30",
+        "FRACTURE_LOG_LEVEL": "DEBUG",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+def settings() -> Settings:
+    return Settings()
+
+
+def app() -> AppTest:
+    return AppTest.from_file(str(APP), default_timeout=90)
+
+
+def texts(at: AppTest) -> str:
+    """Everything the page says, as one string."""
+    parts = [m.value for m in at.markdown]
+    for kind in (at.info, at.warning, at.error, at.success, at.caption, at.subheader):
+        parts += [str(e.value) for e in kind]
+    return "\n".join(parts)
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert NOTICE in texts(at)
+
+
+@contextmanager
+def worker_thread(model: Path) -> Iterator[None]:
+    """Stands in for `fracture worker`: runs the real batch processor on each queued image."""
+    config = settings()
+    factory = make_session_factory(make_engine(config.resolved_database_url))
+    processor = BatchProcessor(
+        Classifier.load(model, device="cpu"), factory, heatmaps_dir=config.heatmaps_dir
+    )
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(0.1):
+            with factory() as session:
+                queued = queries.list_images(session=session, status="queued")
+            if queued:
+                processor.process([image.id for image in queued])
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def seed(cases: list[tuple[str, float | None, str]]) -> dict[str, int]:
+    """(file name, probability or None for a failure, source) → image ids, via db.queries."""
+    from db.migrate import upgrade
+
+    config = settings()
+    config.ensure_dirs()
+    upgrade(config.resolved_database_url)
+    factory = make_session_factory(make_engine(config.resolved_database_url))
+    fixtures = sample_images()
+    ids: dict[str, int] = {}
+    with transaction(factory) as session:
+        for index, (name, probability, source) in enumerate(cases):
+            path = fixtures[index % len(fixtures)]
+            image, _ = queries.register_image(
+                session=session,
+                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                path=str(path),
+                filename=name,
+                size=path.stat().st_size,
+                source=source,
+            )
+            session.flush()
+            ids[name] = image.id
+            if probability is None:
+                queries.store_batch(
+                    session=session, predictions=[], failures={image.id: "truncated image file"}
+                )
+                continue
+            queries.store_batch(
+                session=session,
+                predictions=[
+                    queries.NewPrediction(
+                        image_id=image.id,
+                        model_version="seed_cnn-test",
+                        label=browse.POSITIVE_LABEL if probability >= 0.5 else "not_fractured",
+                        probability=probability,
+                        threshold=0.5,
+                        batch_size=1,
+                        inference_ms=3.0,
+                    )
+                ],
+                failures={},
+            )
+    return ids
+
+
+# -- upload --------------------------------------------------------------------------------------
+
+
+def test_upload_is_answered_with_label_probability_and_heatmap(
+    env: dict[str, str], broker_url: str, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRACTURE_BROKER_URL", broker_url)
+    monkeypatch.setenv("FRACTURE_MODEL_PATH", str(tiny_model))
+    monkeypatch.setenv("FRACTURE_HEATMAPS", "all")
+    source = sample_images()[0]
+    data = source.read_bytes()
+    (expected,) = Classifier.load(tiny_model, device="cpu").predict_sources([data])
+    assert isinstance(expected, Result)
+    at = app().run()
+    assert_clean(at)
+    with worker_thread(tiny_model):
+        at.file_uploader(key="upload").upload(source.name, data, "image/jpeg").run()
+    assert_clean(at)
+    page = texts(at)
+    label = "Fracture suspected" if expected.label == "fractured" else "No fracture suspected"
+    assert label in page
+    assert f"Fracture probability <b>{expected.probability:.3f}</b>" in page
+    assert "threshold 0.500" in page and expected.model_version in page
+    assert "answered in" in page and "model " in page
+    assert len(at.image) >= 2  # the original and its Grad-CAM overlay
+
+    config = settings()
+    sha = hashlib.sha256(data).hexdigest()
+    factory = make_session_factory(make_engine(config.resolved_database_url))
+    with factory() as session:
+        image = queries.get_image_by_sha(session=session, sha256=sha)
+        assert image is not None
+        assert (image.source, image.status, image.filename) == ("upload", "done", source.name)
+        assert image.path == str(config.uploads_dir / f"{sha}.jpg")
+        assert image.enqueued_at is not None
+    # The message went to the broker's priority queue (the stand-in worker reads the database).
+    broker = redis.Redis.from_url(broker_url)
+    assert broker.llen(UPLOAD_QUEUE) == 1 and broker.llen(BULK_QUEUE) == 0
+
+    again = app().run()  # another browser session, same bytes
+    again.file_uploader(key="upload").upload("copy.jpg", data, "image/jpeg").run()
+    assert_clean(again)
+    assert "answered from the database" in texts(again) and label in texts(again)
+    with factory() as session:
+        assert session.scalar(select(func.count()).select_from(Image)) == 1
+    assert broker.llen(UPLOAD_QUEUE) == 1  # nothing sent twice
+
+
+def test_upload_without_a_worker_says_it_stays_queued(
+    env: dict[str, str], broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRACTURE_BROKER_URL", broker_url)
+    monkeypatch.setenv("FRACTURE_UPLOAD_TIMEOUT_S", "1")
+    at = app().run()
+    source = sample_images()[3]
+    at.file_uploader(key="upload").upload(source.name, source.read_bytes(), "image/jpeg").run()
+    assert_clean(at)
+    page = texts(at)
+    assert "No worker answered within 1 s" in page and "stays queued" in page
+    assert any(b.label == "Check again" for b in at.button)
+
+
+def test_upload_refuses_what_is_not_a_radiograph_file(env: dict[str, str]) -> None:
+    at = app().run()
+    at.file_uploader(key="upload").upload("notes.png", b"%PDF-1.7 not an image", "image/png")
+    at.run()
+    assert_clean(at)
+    assert "Upload refused: not a PNG, JPEG, BMP, TIFF or DICOM file" in texts(at)
+    assert list(settings().uploads_dir.iterdir()) == []
+
+
+# -- browse and review ---------------------------------------------------------------------------
+
+
+def table_files(at: AppTest) -> list[str]:
+    if not at.dataframe:
+        return []
+    return list(at.dataframe[0].value["File"])
+
+
+def test_browse_filters_run_in_the_database(env: dict[str, str]) -> None:
+    seed(
+        [
+            ("ward1/hand.jpg", 0.91, "watch"),
+            ("ward2/wrist.jpg", 0.12, "watch"),
+            ("ward2/broken-file.jpg", None, "watch"),
+            ("clinic/upload.jpg", 0.55, "upload"),
+        ]
+    )
+    at = app().run()
+    at.switch_page("views/browse.py").run()
+    assert_clean(at)
+    assert "**4** matching rows" in texts(at)
+    assert len(table_files(at)) == 4
+
+    at.multiselect(key="f-labels").select(browse.POSITIVE_LABEL).run()
+    assert sorted(table_files(at)) == ["clinic/upload.jpg", "ward1/hand.jpg"]
+    at.multiselect(key="f-sources").select("upload").run()
+    assert table_files(at) == ["clinic/upload.jpg"]
+
+    next(b for b in at.sidebar.button if b.label == "Clear filters").click().run()
+    at.text_input(key="f-name").input("WARD2").run()
+    assert sorted(table_files(at)) == ["ward2/broken-file.jpg", "ward2/wrist.jpg"]
+    at.multiselect(key="f-statuses").select("failed").run()
+    assert table_files(at) == ["ward2/broken-file.jpg"]
+    assert list(at.dataframe[0].value["Problem"]) == ["truncated image file"]
+
+    at.selectbox(key="f-review").select(browse.ReviewState.REVIEWED).run()
+    assert table_files(at) == []
+    assert "No stored prediction matches these filters." in texts(at)
+    assert_clean(at)
+
+
+def test_review_is_saved_beside_the_prediction_and_counted(env: dict[str, str]) -> None:
+    ids = seed([("ward1/hand.jpg", 0.91, "watch"), ("ward1/foot.jpg", 0.2, "watch")])
+    at = app().run()
+    at.switch_page("views/browse.py").run()
+    at.number_input(key="open-image").set_value(ids["ward1/hand.jpg"]).run()
+    assert_clean(at)
+    assert "Fracture suspected" in texts(at) and "Not reviewed yet." in texts(at)
+
+    reader = next(t for t in at.text_input if t.label == "Reader")
+    reader.input("Dr Example")
+    next(t for t in at.text_area if t.label == "Note (optional)").input("old callus")
+    next(b for b in at.button if b.label.startswith("Correct to:")).click().run()
+    assert_clean(at)
+    assert "Review saved: No fracture suspected." in texts(at)
+    assert "Dr Example" in texts(at) and "old callus" in texts(at)
+
+    factory = make_session_factory(make_engine(settings().resolved_database_url))
+    with factory() as session:
+        (review,) = session.scalars(select(Review)).all()
+        prediction = session.get(Prediction, review.prediction_id)
+        assert prediction is not None and prediction.image_id == ids["ward1/hand.jpg"]
+        assert (prediction.label, prediction.probability) == (browse.POSITIVE_LABEL, 0.91)
+    assert (review.reviewer, review.verdict, review.agrees, review.note) == (
+        "Dr Example",
+        browse.NEGATIVE_LABEL,
+        False,
+        "old callus",
+    )
+
+    at.selectbox(key="f-review").select(browse.ReviewState.DISAGREED).run()
+    assert table_files(at) == ["ward1/hand.jpg"]
+    assert list(at.dataframe[0].value["Review"]) == ["✗ No fracture suspected Dr Example"]
+
+    at.switch_page("views/overview.py").run()
+    assert_clean(at)
+    agreement = at.dataframe[-1].value
+    assert list(agreement["Reviewed cases"]) == [1]
+    assert list(agreement["FP"]) == [1] and list(agreement["Specificity"]) == ["0.0%"]
+
+
+# -- access --------------------------------------------------------------------------------------
+
+
+def test_password_gate(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "ward-7 s3cret"
+    monkeypatch.setenv("FRACTURE_DASHBOARD_PASSWORD", secret)
+    caplog.set_level(logging.DEBUG)
+    at = app().run()
+    assert_clean(at)
+    assert not at.file_uploader and "Sign in" in texts(at)
+
+    at.text_input(key="password").input("guess")
+    next(b for b in at.button if b.label == "Sign in").click().run()
+    assert "Wrong password." in texts(at) and not at.file_uploader
+    at.switch_page("views/browse.py").run()
+    assert not at.dataframe and "matching rows" not in texts(at)
+
+    at.text_input(key="password").input(secret)
+    next(b for b in at.button if b.label == "Sign in").click().run()
+    assert_clean(at)
+    assert "Sign in" not in texts(at) and "matching rows" in texts(at)
+    assert secret not in caplog.text
+    assert secret not in repr(at.session_state.to_dict())

@@ -1,0 +1,222 @@
+"""Dashboard services without Streamlit: upload storage, formats, names, CSV, password, contrast."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from pydantic import SecretStr
+from sqlalchemy import func, select
+
+from dashboard import services
+from db import browse, queries
+from db.models import Image
+from db.session import transaction
+from fracture.settings import Settings
+from tests.helpers import sample_images
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", inbox=tmp_path / "inbox", upload_max_mb=1)
+
+
+@pytest.fixture
+def dashboard(settings: Settings) -> services.Dashboard:
+    return services.Dashboard.start(settings)  # no broker configured
+
+
+def encoded(fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("L", (32, 32), 128).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "extension"),
+    [
+        (encoded("PNG"), "png"),
+        (encoded("JPEG"), "jpg"),
+        (encoded("BMP"), "bmp"),
+        (encoded("TIFF"), "tif"),
+        (b"\0" * 128 + b"DICM" + b"\0" * 64, "dcm"),
+        (b"GIF89a" + b"\0" * 64, None),
+        (b"<html>", None),
+        (b"", None),
+    ],
+)
+def test_format_is_judged_from_the_bytes(data: bytes, extension: str | None) -> None:
+    assert services.sniff_format(data) == extension
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("wrist.png", "wrist.png"),
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\x\\Desktop\\hand.jpg", "hand.jpg"),
+        ("bad\x00name\n.png", "badname.png"),
+        ("..", "upload"),
+        ("   ", "upload"),
+        ("a" * 300 + ".png", "a" * 200),
+    ],
+)
+def test_display_name_keeps_only_a_printable_base_name(name: str, shown: str) -> None:
+    assert services.display_name(name) == shown
+
+
+def test_upload_is_stored_under_its_hash_and_registered(
+    dashboard: services.Dashboard, settings: Settings
+) -> None:
+    data = sample_images()[0].read_bytes()
+    stored = services.store_upload(dashboard, "../../../tmp/evil.jpg", data)
+    sha = hashlib.sha256(data).hexdigest()
+    target = settings.uploads_dir / f"{sha}.jpg"
+    assert stored.sha256 == sha and stored.created and stored.status == "queued"
+    assert stored.sent is False  # no broker: stays queued for the sweeper
+    assert target.read_bytes() == data
+    assert sorted(p.name for p in settings.uploads_dir.iterdir()) == [target.name]
+    with dashboard.factory() as session:
+        image = queries.get_image(session=session, image_id=stored.image_id)
+        assert image is not None
+        assert (image.source, image.filename, image.path, image.format, image.bytes) == (
+            "upload",
+            "evil.jpg",
+            str(target),
+            "jpg",
+            len(data),
+        )
+
+    again = services.store_upload(dashboard, "other-name.jpg", data)
+    assert (again.image_id, again.created) == (stored.image_id, False)
+    with dashboard.factory() as session:
+        assert session.scalar(select(func.count()).select_from(Image)) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"just some text, not an image", "not a PNG, JPEG, BMP, TIFF or DICOM file"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * (1024 * 1024), "upload limit is 1 MB"),
+    ],
+)
+def test_refused_uploads_leave_nothing_behind(
+    dashboard: services.Dashboard, settings: Settings, data: bytes, message: str
+) -> None:
+    with pytest.raises(services.UploadError, match=message):
+        services.store_upload(dashboard, "x.png", data)
+    assert list(settings.uploads_dir.iterdir()) == []
+    with dashboard.factory() as session:
+        assert session.scalar(select(func.count()).select_from(Image)) == 0
+
+
+def test_wait_gives_up_after_the_timeout(dashboard: services.Dashboard) -> None:
+    stored = services.store_upload(dashboard, "a.jpg", sample_images()[1].read_bytes())
+    polls: list[str] = []
+    answer = services.wait_for_answer(
+        dashboard.factory,
+        stored.image_id,
+        timeout_s=0.3,
+        poll_s=0.05,
+        on_poll=lambda status, _: polls.append(status),
+    )
+    assert answer.timed_out and answer.prediction is None and answer.image.status == "queued"
+    assert 0.3 <= answer.waited_s < 2 and polls and set(polls) == {"queued"}
+
+
+def test_wait_returns_as_soon_as_the_image_is_done(dashboard: services.Dashboard) -> None:
+    stored = services.store_upload(dashboard, "a.jpg", sample_images()[2].read_bytes())
+    with transaction(dashboard.factory) as session:
+        queries.store_batch(
+            session=session,
+            predictions=[
+                queries.NewPrediction(
+                    image_id=stored.image_id,
+                    model_version="m-1",
+                    label=browse.POSITIVE_LABEL,
+                    probability=0.8,
+                    threshold=0.5,
+                    batch_size=1,
+                    inference_ms=5.0,
+                )
+            ],
+            failures={},
+        )
+    answer = services.wait_for_answer(dashboard.factory, stored.image_id, timeout_s=30)
+    assert not answer.timed_out and answer.waited_s < 5
+    assert answer.prediction is not None and answer.prediction.probability == 0.8
+
+
+def test_password_is_compared_in_constant_time(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not services.password_required(settings)
+    assert services.password_ok(settings, "anything")
+    protected = settings.model_copy(update={"dashboard_password": SecretStr("s3cret ward")})
+    calls: list[tuple[bytes, bytes]] = []
+    real = services.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(services.hmac, "compare_digest", spy)
+    assert services.password_required(protected)
+    assert services.password_ok(protected, "s3cret ward")
+    assert not services.password_ok(protected, "s3cret")
+    assert not services.password_ok(protected, "")
+    assert len(calls) == 3
+    empty = settings.model_copy(update={"dashboard_password": SecretStr("")})
+    assert not services.password_required(empty)
+
+
+def test_csv_export_streams_the_filtered_rows(dashboard: services.Dashboard) -> None:
+    names = ["=HYPERLINK(evil)", "ward/b.png", "-2+3.png"]
+    with transaction(dashboard.factory) as session:
+        for index, name in enumerate(names):
+            image, _ = queries.register_image(
+                session=session, sha256=f"{index:064x}", path="/x", filename=name, size=1
+            )
+            image.patient_hash = "f" * 64
+            session.flush()
+            queries.store_batch(
+                session=session,
+                predictions=[
+                    queries.NewPrediction(
+                        image_id=image.id,
+                        model_version="m-1",
+                        label=browse.POSITIVE_LABEL if index != 1 else browse.NEGATIVE_LABEL,
+                        probability=0.9 if index != 1 else 0.1,
+                        threshold=0.5,
+                        batch_size=1,
+                        inference_ms=5.0,
+                    )
+                ],
+                failures={},
+            )
+    flt = browse.BrowseFilter(labels=(browse.POSITIVE_LABEL,))
+    text = services.export_csv(dashboard.factory, flt, browse.SortKey.FILENAME).decode()
+    first, rest = text.split("\n", 1)
+    assert first.startswith("# Decision support only") and "not for clinical use" in first
+    rows = list(csv.DictReader(io.StringIO(rest)))
+    assert tuple(rows[0]) == services.EXPORT_COLUMNS
+    assert "patient_hash" not in rest and "f" * 64 not in rest
+    assert [r["filename"] for r in rows] == ["'-2+3.png", "'=HYPERLINK(evil)"]
+    assert {r["label"] for r in rows} == {browse.POSITIVE_LABEL}
+    assert rows[0]["probability"] == "0.900000" and rows[0]["review_count"] == "0"
+
+
+def test_window_level_maps_the_window_to_black_and_white() -> None:
+    pixels = np.array([[0.0, 0.25, 0.5, 0.75, 1.0]], dtype=np.float32)
+    assert services.apply_window(pixels, 0.5, 1.0).tolist() == [[0, 64, 128, 191, 255]]
+    assert services.apply_window(pixels, 0.5, 0.5).tolist() == [[0, 0, 128, 255, 255]]
+    assert services.apply_window(pixels, 0.5, 1.0, invert=True).tolist() == [[255, 191, 128, 64, 0]]
+    large = np.random.default_rng(0).random((3000, 1000)).astype(np.float32)
+    assert services.display_pixels(large).shape == (1024, 341)
+    assert services.display_pixels(pixels).shape == pixels.shape

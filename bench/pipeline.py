@@ -280,7 +280,7 @@ def run(
         version = classifier.version
         classifier.close()
         del classifier
-        common = {
+        common: dict[str, Any] = {
             "batch_size": batch_size,
             "batch_interval_ms": batch_interval_ms,
             "heatmaps": heatmaps,

@@ -117,7 +117,7 @@ def store_batch(
     failures: dict[int, str],
     metadata: dict[int, dict[str, object]] | None = None,
 ) -> None:
-    """Write a batch's outcome: predictions (done) and errors (failed), in the caller's transaction."""
+    """A batch's predictions (done) and errors (failed), in the caller's transaction."""
     metadata = metadata or {}
     for image_id, fields in metadata.items():
         image = session.get(Image, image_id)
@@ -206,9 +206,7 @@ def images_to_resend(
     )
 
 
-def list_images(
-    *, session: Session, limit: int = 50, status: str | None = None
-) -> list[Image]:
+def list_images(*, session: Session, limit: int = 50, status: str | None = None) -> list[Image]:
     """Newest first, with their predictions loaded."""
     query = select(Image).options(selectinload(Image.predictions)).order_by(Image.id.desc())
     if status:

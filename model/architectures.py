@@ -1,4 +1,4 @@
-"""Network architectures by name: the seed CNN, pretrained EfficientNet-Lite0, any torchvision model.
+"""Networks by name: the seed CNN, pretrained EfficientNet-Lite0, any torchvision model.
 
 Every network maps a (N, 3, H, W) batch to (N, 1) fracture logits.
 """
@@ -82,8 +82,9 @@ def _replace_head(net: nn.Module) -> None:
             return
         if isinstance(head, nn.Sequential):
             for index in range(len(head) - 1, -1, -1):
-                if isinstance(head[index], nn.Linear):
-                    head[index] = nn.Linear(head[index].in_features, 1)
+                layer = head[index]
+                if isinstance(layer, nn.Linear):
+                    head[index] = nn.Linear(layer.in_features, 1)
                     return
     raise ValueError(f"cannot find a linear classifier head on {type(net).__name__}")
 

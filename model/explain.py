@@ -87,7 +87,7 @@ def overlay(pixels: np.ndarray, mask: np.ndarray, image_weight: float = 0.6) -> 
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     grey = cv2.resize(pixels.astype(np.float32), size, interpolation=cv2.INTER_AREA)
     cam = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
-    heat = cv2.applyColorMap(np.uint8(255 * np.clip(cam, 0, 1)), cv2.COLORMAP_JET)
+    heat = cv2.applyColorMap((255 * np.clip(cam, 0, 1)).astype(np.uint8), cv2.COLORMAP_JET)
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
     blend = (1 - image_weight) * heat + image_weight * np.clip(grey, 0, 1)[:, :, None]
-    return np.uint8(255 * blend / blend.max())
+    return (255 * blend / blend.max()).astype(np.uint8)

@@ -61,7 +61,8 @@ class Classifier:
         self.temperature = checkpoint.temperature
         self.max_pixels = max_pixels
         # channels-last roughly doubles CPU throughput of depthwise-conv networks.
-        self.net = checkpoint.build_network().to(self.device, memory_format=torch.channels_last)
+        self.net = checkpoint.build_network().to(self.device)
+        self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._pool = ThreadPoolExecutor(max_workers=max(1, decode_threads))
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -90,13 +91,11 @@ class PostgresServer:
         return self
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self._as_postgres(
                 str(self.bindir / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast",
                 "-w", "stop",
             )  # fmt: skip
-        except subprocess.CalledProcessError:
-            pass
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"

@@ -18,6 +18,7 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from db import queries
@@ -32,7 +33,8 @@ CLOSED_SETTLE_S = 0.3  # after a close-write or move-in, only a short quiet peri
 
 
 def is_ignored(path: Path) -> bool:
-    return any(fnmatch.fnmatch(part, pattern) for part in path.parts for pattern in IGNORED_PATTERNS)
+    parts = path.parts
+    return any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in IGNORED_PATTERNS)
 
 
 @dataclass
@@ -142,7 +144,7 @@ class Watcher:
         self._hash_pool = ThreadPoolExecutor(max_workers=max(1, hash_threads))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._observer: Observer | PollingObserver | None = None
+        self._observer: BaseObserver | None = None
 
     # -- arrival -------------------------------------------------------------------
     def offer(self, path: Path, *, closed: bool = False) -> None:

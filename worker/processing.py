@@ -101,7 +101,7 @@ class BatchProcessor:
             results, maps = self.classifier.predict_explained(batch, self.heatmaps)
             elapsed_ms = (time.perf_counter() - started) * 1000
             heatmap_paths = self._save_heatmaps(good, maps)
-            for (item, prep), result in zip(good, results, strict=True):
+            for (item, prep), scored in zip(good, results, strict=True):
                 metadata[item.image_id] = {
                     "width": prep.decoded.width,
                     "height": prep.decoded.height,
@@ -111,10 +111,10 @@ class BatchProcessor:
                 new_predictions.append(
                     queries.NewPrediction(
                         image_id=item.image_id,
-                        model_version=result.model_version,
-                        label=result.label,
-                        probability=result.probability,
-                        threshold=result.threshold,
+                        model_version=scored.model_version,
+                        label=scored.label,
+                        probability=scored.probability,
+                        threshold=scored.threshold,
                         batch_size=len(good),
                         inference_ms=elapsed_ms,
                         heatmap_path=heatmap_paths.get(item.image_id),

@@ -218,7 +218,7 @@ def test_broker_down_for_ten_seconds_nothing_is_lost(tmp_path: Path, tiny_model:
 
 @pytest.fixture(scope="session")
 def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A full-size EfficientNet-Lite0 with fixed random weights: batches take long enough to kill."""
+    """Full-size EfficientNet-Lite0, fixed random weights: batches take long enough to kill."""
     import torch
 
     from model import architectures, checkpoint

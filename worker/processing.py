@@ -151,7 +151,8 @@ class BatchProcessor:
         for row, cam in maps.items():
             item, prepared = good[row]
             target = self.heatmaps_dir / f"{item.sha256}-{self.classifier.version}.png"
-            PILImage.fromarray(overlay(prepared.decoded.pixels, cam)).save(target)
+            # Fast PNG compression: the overlay is for display, and encoding sits on the hot path.
+            PILImage.fromarray(overlay(prepared.decoded.pixels, cam)).save(target, compress_level=1)
             paths[item.image_id] = str(target)
         return paths
 

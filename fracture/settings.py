@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(600, description="broker redelivery of unacked messages")
     task_time_limit_s: int = Field(60, description="a batch running longer is aborted")
 
+    patient_salt: SecretStr | None = Field(
+        None, description="secret salt: DICOM patient IDs are kept only as a salted hash"
+    )
     heatmaps: Literal["positive", "all", "none"] = "positive"
     max_pixels: int = Field(80_000_000, description="refuse images with more pixels than this")
     log_level: str = "INFO"

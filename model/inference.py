@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,9 @@ class Classifier:
         device: str = "auto",
         decode_threads: int = 2,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        patient_salt: str | None = None,
     ) -> None:
+        self.patient_salt = patient_salt
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         self.preset = checkpoint.preset
@@ -66,7 +69,7 @@ class Classifier:
         self._pool = ThreadPoolExecutor(max_workers=max(1, decode_threads))
 
     @classmethod
-    def load(cls, path: Path, *, device: str = "auto", **kwargs: int) -> Classifier:
+    def load(cls, path: Path, *, device: str = "auto", **kwargs: Any) -> Classifier:
         started = time.perf_counter()
         classifier = cls(ckpt.load(path), device=device, **kwargs)
         log.info(
@@ -79,7 +82,12 @@ class Classifier:
 
     def prepare(self, source: Path | bytes) -> Prepared:
         """Decode and preprocess one file; raises DecodeError for a bad one."""
-        decoded = decode(source, target_size=self.preset.size, max_pixels=self.max_pixels)
+        decoded = decode(
+            source,
+            target_size=self.preset.size,
+            max_pixels=self.max_pixels,
+            patient_salt=self.patient_salt,
+        )
         return Prepared(tensor=self.preset(decoded.pixels), decoded=decoded)
 
     def prepare_many(self, sources: Sequence[Path | bytes]) -> list[Prepared | DecodeError]:

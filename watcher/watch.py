@@ -111,6 +111,21 @@ class _InboxHandler(FileSystemEventHandler):
         self.watcher.offer(path, closed=event.event_type in ("closed", "moved"))
 
 
+def _utf8_safe(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _displayable(text: str) -> str:
+    """Text that any database accepts: undecodable name bytes shown as \\xNN escapes."""
+    if _utf8_safe(text):
+        return text
+    return os.fsencode(text).decode("utf-8", errors="backslashreplace")
+
+
 def sha256_file(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
@@ -166,6 +181,16 @@ class Watcher:
     def _describe(self, path: Path) -> tuple[str, int, str, str | None]:
         """(sha256, size, path to read, rejection reason) for a settled file."""
         relative = path.relative_to(self.inbox)
+        if not _utf8_safe(str(path)):
+            # Names from old Windows shares may be Latin-1 bytes: the database stores text and
+            # the worker could not reopen the file from it. Fail that one file, readably.
+            sha, size = sha256_file(path)
+            return (
+                sha,
+                size,
+                _displayable(str(path)),
+                ("file name is not valid UTF-8 (rename the file to score it): not read"),
+            )
         if path.is_symlink():
             target = path.resolve()
             if not target.is_relative_to(self.inbox):
@@ -188,7 +213,7 @@ class Watcher:
                     session=session,
                     sha256=sha,
                     path=stored_path,
-                    filename=str(path.relative_to(self.inbox)),
+                    filename=_displayable(str(path.relative_to(self.inbox))),
                     size=size,
                     fmt=path.suffix.lower().lstrip(".") or None,
                 )

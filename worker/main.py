@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 
 def build_processor(settings: Settings) -> BatchProcessor:
     classifier = Classifier.load(
-        settings.resolved_model_path, device=settings.device, max_pixels=settings.max_pixels
+        settings.resolved_model_path,
+        device=settings.device,
+        max_pixels=settings.max_pixels,
+        patient_salt=settings.patient_salt.get_secret_value() if settings.patient_salt else None,
     )
     engine = make_engine(settings.resolved_database_url)
     return BatchProcessor(

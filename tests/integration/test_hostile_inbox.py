@@ -1,0 +1,219 @@
+"""A hostile inbox, end to end: real watcher, worker and broker processes, a real database.
+
+Every format and every bad case dropped at once must end with each good file `done`, each bad
+one `failed` (or flagged) with a readable reason, nothing lost or deleted, and both processes
+still running. Then many small files at once, as a bounded load check.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from subprocess import Popen
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from db.migrate import upgrade
+from db.models import Image as ImageRow
+from db.models import Prediction
+from db.session import make_engine, make_session_factory
+from tests.helpers import fracture_cli, fracture_env, running, wait_for
+from tests.make_inputs import HOSTILE_MAX_PIXELS, Expected, hostile_set, replacement_image
+
+MANY_FILES = int(os.environ.get("FRACTURE_TEST_MANY_FILES", "2000"))
+
+
+class Pipeline:
+    """Watcher and worker processes over one inbox, one SQLite database and the test broker."""
+
+    def __init__(self, root: Path, broker_url: str, model: Path, **settings: object) -> None:
+        self.root = root
+        self.inbox = root / "inbox"
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        database_url = f"sqlite:///{root / 'data' / 'fracture.db'}"
+        self.env = fracture_env(
+            inbox=self.inbox,
+            data_dir=root / "data",
+            database_url=database_url,
+            broker_url=broker_url,
+            model_path=model,
+            device="cpu",
+            settle_s=0.5,
+            sweep_interval_s=1,
+            batch_interval_ms=100,
+            **settings,  # type: ignore[arg-type]
+        )
+        upgrade(database_url)
+        self.engine = make_engine(database_url)
+        self.factory = make_session_factory(self.engine)
+        self.stack = ExitStack()
+        self.processes: dict[str, Popen[bytes]] = {}
+
+    def start(self, command: str) -> Popen[bytes]:
+        process = self.stack.enter_context(
+            running(fracture_cli(command), self.env, self.root / f"{command}.log")
+        )
+        self.processes[command] = process
+        return process
+
+    def rows(self) -> list[ImageRow]:
+        with self.factory() as session:
+            return list(session.scalars(select(ImageRow)))
+
+    def counts(self) -> dict[str, int]:
+        with self.factory() as session:
+            rows = session.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status))
+            return {status: count for status, count in rows}
+
+    def settled(self, total: int) -> bool:
+        counts = self.counts()
+        return sum(counts.values()) == total and not (
+            counts.get("queued") or counts.get("processing")
+        )
+
+    def predictions_per_image(self) -> dict[int, int]:
+        with self.factory() as session:
+            query = select(Prediction.image_id, func.count()).group_by(Prediction.image_id)
+            return dict(session.execute(query).all())  # type: ignore[arg-type]
+
+    def alive(self) -> bool:
+        return all(process.poll() is None for process in self.processes.values())
+
+    def logs(self, tail: int = 4000) -> str:
+        text = "\n".join(p.read_text(errors="replace") for p in sorted(self.root.glob("*.log")))
+        return text[-tail:]
+
+
+@contextmanager
+def pipeline(root: Path, broker_url: str, model: Path, **settings: object) -> Iterator[Pipeline]:
+    p = Pipeline(root, broker_url, model, **settings)
+    try:
+        yield p
+    finally:
+        p.stack.close()
+        p.engine.dispose()
+
+
+def test_hostile_folder_dropped_at_once_ends_clean(
+    tmp_path: Path, broker_url: str, tiny_model: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.jpg"
+    shutil.copy(Path(__file__).parents[1] / "fixtures" / "fractured_IMG0000470.jpg", secret)
+
+    with pipeline(tmp_path, broker_url, tiny_model, max_pixels=HOSTILE_MAX_PIXELS) as p:
+        p.start("watch")
+        expected = hostile_set(p.inbox)
+        (p.inbox / "link to outside.jpg").symlink_to(secret)
+        expected["link to outside.jpg"] = Expected("failed", "symbolic link pointing outside")
+        (p.inbox / "deleted before decoding.jpg").write_bytes(secret.read_bytes()[:-2] + b"\0\0")
+        expected["deleted before decoding.jpg"] = Expected("failed", "deleted or moved")
+        (p.inbox / "replaced before decoding.jpg").write_bytes(b"\xff\xd8 placeholder")
+        ignored = [p.inbox / ".hidden.jpg", p.inbox / "copying.jpg.part"]
+        for path in ignored:
+            path.write_bytes(b"never registered")
+
+        # Registered but not yet decoded (no worker yet): now delete one file, replace another.
+        assert wait_for(lambda: len(p.rows()) == len(expected) + 1, timeout=60), (
+            sorted(r.filename for r in p.rows()),
+            p.logs(),
+        )
+        (p.inbox / "deleted before decoding.jpg").unlink()
+        (p.inbox / "replaced before decoding.jpg").write_bytes(replacement_image())
+
+        p.start("worker")
+        total = len(expected) + 2  # the replaced file: its first version and its new bytes
+        assert wait_for(lambda: p.settled(total), timeout=120), (p.counts(), p.logs())
+        assert p.alive(), p.logs()
+
+        by_name: dict[str, list[ImageRow]] = defaultdict(list)
+        for row in p.rows():
+            by_name[row.filename].append(row)
+        replaced = sorted(by_name.pop("replaced before decoding.jpg"), key=lambda r: r.id)
+        assert [r.status for r in replaced] == ["failed", "done"], [r.error for r in replaced]
+        assert "replaced after it was registered" in (replaced[0].error or "")
+        assert set(by_name) == set(expected), set(by_name) ^ set(expected)
+        predictions = p.predictions_per_image()
+        for name, want in expected.items():
+            (row,) = by_name[name]
+            assert row.status == want.status, (name, row.status, row.error)
+            if want.status == "failed":
+                assert want.text and want.text in (row.error or ""), (name, row.error)
+                assert row.error.isprintable()  # type: ignore[union-attr]
+            else:
+                assert predictions.get(row.id) == 1, name
+                assert (want.text or "") in (row.warning or ""), (name, row.warning)
+                assert bool(row.warning) == bool(want.text), (name, row.warning)
+
+        # nothing deleted or moved by the pipeline; the secret outside was never read
+        for name in set(expected) - {"deleted before decoding.jpg"}:  # deleted by this test
+            assert (p.inbox / name).exists() or (p.inbox / name).is_symlink(), name
+        assert all(path.exists() for path in ignored)
+        assert secret.read_bytes().startswith(b"\xff\xd8")
+        assert p.alive(), p.logs()
+
+
+def _tiny_distinct_pngs(directory: Path, count: int) -> None:
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        noise = rng.integers(0, 256, size=(24, 24), dtype=np.uint8)
+        Image.fromarray(noise).save(directory / f"tiny {index:05d}.png", compress_level=1)
+
+
+def test_many_files_dropped_as_one_folder_are_all_scored(
+    tmp_path: Path, broker_url: str, tiny_model: Path
+) -> None:
+    staging = tmp_path / "staging" / f"{MANY_FILES} files"
+    _tiny_distinct_pngs(staging, MANY_FILES)
+    with pipeline(tmp_path, broker_url, tiny_model, batch_size=64, heatmaps="none") as p:
+        p.start("worker")
+        p.start("watch")
+        time.sleep(2)  # both up: the measurement is the drop, not the start-up
+        started = time.monotonic()
+        staging.rename(p.inbox / staging.name)  # the whole folder arrives in one move
+        done = wait_for(
+            lambda: p.counts().get("done", 0) == MANY_FILES,
+            timeout=60 + MANY_FILES / 20,
+            interval=1,
+        )
+        seconds = time.monotonic() - started
+        assert done, (p.counts(), p.logs())
+        assert p.counts() == {"done": MANY_FILES}
+        assert set(p.predictions_per_image().values()) == {1}
+        assert p.alive(), p.logs()
+    print(f"\n{MANY_FILES} files dropped at once: all done in {seconds:.1f} s")
+
+
+def _drop(inbox: Path, names: dict[bytes, Path]) -> None:
+    for name, source in names.items():
+        with open(os.path.join(os.fsencode(inbox), name), "wb") as handle:
+            handle.write(source.read_bytes())
+
+
+def test_a_file_name_that_is_not_utf8_does_not_block_the_files_dropped_with_it(
+    tmp_path: Path, broker_url: str, tiny_model: Path
+) -> None:
+    sources = sorted((Path(__file__).parents[1] / "fixtures").glob("*.jpg"))
+    with pipeline(tmp_path, broker_url, tiny_model) as p:
+        p.start("watch")
+        # Latin-1 bytes, as names arrive from old Windows shares and some USB sticks
+        _drop(p.inbox, {b"\xe9paule gauche.jpg": sources[0]})
+        for source in sources[1:4]:
+            shutil.copy(source, p.inbox / source.name)
+        # each file gets a row; the odd one is failed with a readable reason
+        assert wait_for(lambda: len(p.rows()) == 4, timeout=15), p.logs()
+        assert p.alive(), p.logs()
+        odd = [row for row in p.rows() if "paule" in row.filename]
+        assert len(odd) == 1, [row.filename for row in p.rows()]
+        assert odd[0].filename == "\\xe9paule gauche.jpg"
+        assert odd[0].status == "failed" and "not valid UTF-8" in (odd[0].error or "")

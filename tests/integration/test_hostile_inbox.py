@@ -17,7 +17,6 @@ from pathlib import Path
 from subprocess import Popen
 
 import numpy as np
-import pytest
 from PIL import Image
 from sqlalchemy import func, select
 

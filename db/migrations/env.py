@@ -1,19 +1,17 @@
-"""Alembic environment: the URL comes from the caller's settings (db.migrate.upgrade)."""
+"""Alembic environment: the URL (or an open, locked connection) comes from db.migrate.upgrade."""
 
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy.engine import Connection
 
 from db.models import Base
 from db.session import make_engine
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url")
-if not url:
-    raise RuntimeError("no database URL: run migrations through `fracture db upgrade`")
 
-engine = make_engine(url)
-with engine.connect() as connection:
+
+def run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
@@ -21,4 +19,18 @@ with engine.connect() as connection:
     )
     with context.begin_transaction():
         context.run_migrations()
-engine.dispose()
+
+
+given = config.attributes.get("connection")
+if given is not None:
+    run(given)
+    given.commit()
+else:
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no database URL: run migrations through `fracture db upgrade`")
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        run(connection)
+        connection.commit()
+    engine.dispose()

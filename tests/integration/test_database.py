@@ -112,3 +112,16 @@ def test_migrations_match_the_models(database_url: str) -> None:
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     engine.dispose()
+
+
+def test_concurrent_upgrades_on_a_fresh_database_do_not_collide(database_url: str) -> None:
+    """Worker, watcher and dashboard all upgrade at start, possibly at the same moment."""
+    import subprocess
+    import sys
+
+    code = f"from db.migrate import upgrade; upgrade({database_url!r})"
+    processes = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(4)]
+    assert [p.wait(timeout=120) for p in processes] == [0, 0, 0, 0]
+    assert {"images", "predictions", "reviews"} <= set(
+        inspect(make_engine(database_url)).get_table_names()
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -14,19 +12,12 @@ from pathlib import Path
 from types import FrameType
 
 from db.migrate import upgrade
-from fracture.broker import PrivateBroker
+from fracture.broker import PrivateBroker, die_with_parent
 from fracture.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DASHBOARD_APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Children get SIGTERM if `fracture up` itself dies, even by SIGKILL: no orphans."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def dashboard_command(settings: Settings) -> list[str]:
@@ -91,7 +82,7 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
     try:
         for name, command in commands.items():
             children[name] = subprocess.Popen(
-                command, env=env, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL
+                command, env=env, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL
             )
             log.info("started %s (pid %d)", name, children[name].pid)
         log.info("inbox: %s", settings.inbox.resolve())

@@ -1,0 +1,158 @@
+"""`fracture train` and `fracture evaluate`: thin wrappers over model.train and model.evaluate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fracture.settings import SHIPPED_MODEL
+
+log = logging.getLogger("fracture")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def train_command(
+    data: Annotated[
+        Path, typer.Option("--data", help="folder with train/ and val/ in ImageFolder layout")
+    ],
+    arch: Annotated[
+        str, typer.Option(help="seed_cnn | efficientnet_lite0 | a torchvision model name")
+    ] = "efficientnet_lite0",
+    epochs: Annotated[int, typer.Option(min=1)] = 14,
+    out: Annotated[Path, typer.Option("--out", help="checkpoint to write")] = SHIPPED_MODEL,
+    size: Annotated[int, typer.Option(min=32, help="input side in pixels")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 32,
+    lr: Annotated[float, typer.Option(help="peak learning rate of the head")] = 1e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    target_sensitivity: Annotated[
+        float, typer.Option("--target-sensitivity", help="threshold chosen on val for this")
+    ] = 0.90,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the saved state")] = False,
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="local pretrained weights (torchvision arch)")
+    ] = None,
+    pretrained: Annotated[
+        bool, typer.Option(help="start from ImageNet weights where available offline")
+    ] = True,
+    freeze_blocks: Annotated[
+        int, typer.Option("--freeze-blocks", min=0, help="efficientnet_lite0: frozen early blocks")
+    ] = 3,
+    ema_decay: Annotated[float, typer.Option("--ema-decay", help="0 disables weight EMA")] = 0.995,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing")] = 0.0,
+    patience: Annotated[int, typer.Option(min=1, help="early-stopping patience (epochs)")] = 5,
+    work_dir: Annotated[
+        Path | None, typer.Option("--work-dir", help="resume state + best so far [runs/<out name>]")
+    ] = None,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads")] = 2,
+) -> None:
+    """Train a fracture classifier on DATA/train, select and calibrate it on DATA/val."""
+    from model.checkpoint import CheckpointError
+    from model.data import DataError
+    from model.decode import DecodeError
+    from model.train import TrainConfig, train
+
+    _setup_logging()
+    if weights is not None and not weights.is_file():
+        _fail(f"weights file not found: {weights}")
+    try:
+        config = TrainConfig(
+            data=data,
+            out=out,
+            arch=arch,
+            epochs=epochs,
+            size=size,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            target_sensitivity=target_sensitivity,
+            pretrained=pretrained,
+            weights=weights,
+            freeze_blocks=freeze_blocks,
+            ema_decay=ema_decay,
+            label_smoothing=label_smoothing,
+            patience=patience,
+            work_dir=work_dir,
+            resume=resume,
+            threads=threads,
+        )
+        checkpoint = train(config)
+    except (DataError, CheckpointError, DecodeError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    metrics = checkpoint.extra.get("val_metrics", {})
+    typer.echo(
+        f"wrote {out} ({checkpoint.version}): val AUROC {metrics.get('auroc', float('nan')):.4f}, "
+        f"threshold {checkpoint.threshold:.3f} → sensitivity {metrics.get('sensitivity', 0):.3f}, "
+        f"specificity {metrics.get('specificity', 0):.3f}, temperature {checkpoint.temperature:.3f}"
+    )
+    typer.echo("Decision support only, not for clinical use.")
+
+
+def evaluate_command(
+    data: Annotated[
+        Path, typer.Option("--data", help="folder in ImageFolder layout (class subfolders)")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="checkpoint [FRACTURE_MODEL_PATH]")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out-dir", help="where ROC and reliability PNGs go")
+    ] = None,
+    labels_csv: Annotated[
+        Path | None, typer.Option("--labels-csv", help="region/hardware table [DATA/labels.csv]")
+    ] = None,
+    flip_tta: Annotated[
+        bool, typer.Option("--flip-tta", help="average with a horizontally flipped copy")
+    ] = False,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads")] = 2,
+) -> None:
+    """Score a labelled folder: AUROC (95% CI), operating point, calibration, breakdowns."""
+    import os
+
+    from model.checkpoint import CheckpointError
+    from model.data import DataError
+    from model.evaluate import evaluate, format_report
+
+    _setup_logging("WARNING")
+    env_model = os.environ.get("FRACTURE_MODEL_PATH")
+    model_path = model or (Path(env_model) if env_model else SHIPPED_MODEL)
+    if labels_csv is not None and not labels_csv.is_file():
+        _fail(f"labels file not found: {labels_csv}")
+    try:
+        report = evaluate(
+            data,
+            model_path,
+            out_dir=out_dir if out_dir is not None else Path("artifacts") / "evaluation",
+            labels_csv=labels_csv,
+            flip_tta=flip_tta,
+            threads=threads,
+        )
+    except (DataError, CheckpointError) as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        typer.echo(format_report(report))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train` and `evaluate` to the `fracture` command line."""
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)

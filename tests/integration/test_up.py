@@ -1,0 +1,65 @@
+"""`fracture up` on one machine: everything starts, files get done, and nothing outlives it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import fracture_cli, fracture_env, make_distinct_images, wait_for
+
+
+def _start(tmp_path: Path, model: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    log = tmp_path / "up.log"
+    env = fracture_env(
+        inbox=tmp_path / "inbox", data_dir=tmp_path / "data", model_path=model, settle_s=0.3
+    )
+    process = subprocess.Popen(
+        fracture_cli("up", "--no-dashboard"),
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    assert wait_for(lambda: b"press Ctrl-C" in log.read_bytes(), timeout=120), log.read_text()
+    return process, log
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    return psutil.Process(pid).children(recursive=True)
+
+
+def test_up_processes_a_drop_and_stops_cleanly_on_sigterm(tmp_path: Path, tiny_model: Path):
+    process, log = _start(tmp_path, tiny_model)
+    children = _descendants(process.pid)
+    assert len(children) >= 3  # broker, worker, watcher
+    make_distinct_images(tmp_path / "inbox", 5)
+
+    def done() -> bool:
+        out = subprocess.run(
+            fracture_cli("results", "--json", "--data-dir", str(tmp_path / "data")),
+            capture_output=True,
+            text=True,
+            env=fracture_env(),
+        ).stdout
+        rows = [json.loads(line) for line in out.splitlines()]
+        return len(rows) == 5 and all(r["status"] == "done" for r in rows)
+
+    assert wait_for(done, timeout=90, interval=1), log.read_text()[-3000:]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], [p.cmdline() for p in alive]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL])
+def test_children_do_not_outlive_a_killed_up(tmp_path: Path, tiny_model: Path, sig: int):
+    process, log = _start(tmp_path, tiny_model)
+    children = _descendants(process.pid)
+    process.send_signal(sig)
+    process.wait(timeout=10)
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == [], [p.cmdline() for p in alive]

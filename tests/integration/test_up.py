@@ -51,15 +51,15 @@ def test_up_processes_a_drop_and_stops_cleanly_on_sigterm(tmp_path: Path, tiny_m
     assert wait_for(done, timeout=90, interval=1), log.read_text()[-3000:]
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == [], [p.cmdline() for p in alive]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL])
 def test_children_do_not_outlive_a_killed_up(tmp_path: Path, tiny_model: Path, sig: int):
-    process, log = _start(tmp_path, tiny_model)
+    process, _log = _start(tmp_path, tiny_model)
     children = _descendants(process.pid)
     process.send_signal(sig)
     process.wait(timeout=10)
-    gone, alive = psutil.wait_procs(children, timeout=30)
+    _gone, alive = psutil.wait_procs(children, timeout=30)
     assert alive == [], [p.cmdline() for p in alive]

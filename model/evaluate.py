@@ -1,0 +1,407 @@
+"""Evaluation as radiology AI is measured: AUROC with a bootstrap CI, operating point, calibration.
+
+Metrics come from scikit-learn; this module only arranges them, adds the bootstrap, the
+expected calibration error and the per-region / without-hardware breakdowns, and draws plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+from model import checkpoint as ckpt
+from model.data import ImageSet, find_labels_csv, load_images, read_labels, scan
+from model.preprocess import Preset
+
+log = logging.getLogger(__name__)
+
+MIN_POSITIVES_PER_REGION = 10
+NOT_FOR_CLINICAL_USE = "Decision support only, not for clinical use."
+
+
+def _safe_div(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """sklearn's AUROC, or None when only one class is present."""
+    labels = np.asarray(labels)
+    if labels.min(initial=1) == labels.max(initial=0):
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def bootstrap_auroc_ci(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap CI, resampling positives and negatives separately (stratified)."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    if len(positives) < 2 or len(negatives) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_resamples)
+    y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+    for index in range(n_resamples):
+        pos = rng.choice(positives, len(positives))
+        neg = rng.choice(negatives, len(negatives))
+        stats[index] = roc_auc_score(y, np.r_[pos, neg])
+    alpha = (1.0 - level) / 2.0
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1.0 - alpha))
+
+
+def expected_calibration_error(
+    labels: np.ndarray, probabilities: np.ndarray, *, n_bins: int = 10
+) -> float:
+    """Equal-width bins over [0, 1]: Σ (bin share) × |mean label − mean probability|."""
+    labels = np.asarray(labels, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if labels.size == 0:
+        return 0.0
+    # Bin b holds p in [b/n, (b+1)/n); p == 1.0 goes to the last bin.
+    bins = np.minimum((probabilities * n_bins).astype(int), n_bins - 1)
+    error = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            error += mask.mean() * abs(labels[mask].mean() - probabilities[mask].mean())
+    return float(error)
+
+
+def reliability_bins(
+    labels: np.ndarray, probabilities: np.ndarray, *, n_bins: int = 10
+) -> list[dict[str, float]]:
+    labels = np.asarray(labels, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    bins = np.minimum((probabilities * n_bins).astype(int), n_bins - 1)
+    rows = []
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            rows.append(
+                {
+                    "low": b / n_bins,
+                    "high": (b + 1) / n_bins,
+                    "count": int(mask.sum()),
+                    "mean_probability": float(probabilities[mask].mean()),
+                    "fraction_fractured": float(labels[mask].mean()),
+                }
+            )
+    return rows
+
+
+def operating_point(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float
+) -> dict[str, Any]:
+    """Figures at `threshold` (fractured when probability >= threshold)."""
+    labels = np.asarray(labels).astype(int)
+    predicted = (np.asarray(probabilities) >= threshold).astype(int)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(labels, predicted, labels=[0, 1]).ravel())
+    sensitivity = _safe_div(tp, tp + fn)
+    ppv = _safe_div(tp, tp + fp)
+    f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
+    return {
+        "threshold": float(threshold),
+        "sensitivity": sensitivity,
+        "specificity": _safe_div(tn, tn + fp),
+        "ppv": ppv,
+        "npv": _safe_div(tn, tn + fn),
+        "f1": f1,
+        "accuracy": _safe_div(tp + tn, tp + tn + fp + fn),
+        "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+    }
+
+
+def summarise(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float,
+    *,
+    bootstrap: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """All headline figures for one group of images."""
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    n_pos = int(labels.sum())
+    result: dict[str, Any] = {
+        "n": int(labels.size),
+        "n_fractured": n_pos,
+        "n_not_fractured": int(labels.size - n_pos),
+        "auroc": auroc(labels, probabilities),
+        "auroc_ci95": bootstrap_auroc_ci(labels, probabilities, n_resamples=bootstrap, seed=seed)
+        if bootstrap
+        else None,
+    }
+    result.update(operating_point(labels, probabilities, threshold))
+    result["ece"] = expected_calibration_error(labels, probabilities)
+    return result
+
+
+def threshold_for_sensitivity(
+    labels: np.ndarray, probabilities: np.ndarray, target: float
+) -> float:
+    """The highest threshold whose sensitivity is at least `target`.
+
+    It sits halfway between the k-th highest fractured score (k = ceil(target × positives)) and
+    the next lower score of any image, so the choice does not hinge on a tie.
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    positives = np.sort(probabilities[labels == 1])[::-1]
+    if positives.size == 0:
+        raise ValueError("cannot choose a threshold without fractured images")
+    k = math.ceil(target * positives.size - 1e-9)
+    kth = positives[k - 1]
+    lower = probabilities[probabilities < kth]
+    return float((kth + lower.max()) / 2.0) if lower.size else float(kth)
+
+
+# ----------------------------------------------------------------------------- scoring a folder
+
+
+def predict_probabilities(
+    checkpoint: ckpt.Checkpoint,
+    images: ImageSet,
+    *,
+    batch_size: int = 64,
+    flip_tta: bool = False,
+) -> np.ndarray:
+    """Calibrated probabilities, exactly as `Classifier.probabilities` computes them."""
+    from model.inference import Classifier
+
+    classifier = Classifier(checkpoint, device="cpu", decode_threads=1)
+    preset = checkpoint.preset
+    out = []
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = preset.normalise(images.as_float(slice(start, start + batch_size)))
+            logits = classifier.logits(batch)
+            if flip_tta:
+                logits = (logits + classifier.logits(batch.flip(-1))) / 2.0
+            out.append(torch.sigmoid(logits / classifier.temperature).numpy())
+    finally:
+        classifier.close()
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def _subset(
+    labels: np.ndarray, probabilities: np.ndarray, mask: np.ndarray, threshold: float, seed: int
+) -> dict[str, Any]:
+    return summarise(labels[mask], probabilities[mask], threshold, bootstrap=1000, seed=seed)
+
+
+def _breakdowns(
+    paths: Sequence[Path],
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float,
+    labels_csv: Path,
+    seed: int,
+) -> dict[str, Any]:
+    info = read_labels(labels_csv)
+    known = [info.get(p.name) for p in paths]
+    missing = sum(1 for k in known if k is None)
+    if missing:
+        log.warning("%d images are not listed in %s", missing, labels_csv)
+    hardware = np.array([bool(k and k.hardware) for k in known])
+    region = np.array([k.region if k else "unknown" for k in known])
+    out: dict[str, Any] = {
+        "labels_csv": str(labels_csv),
+        "n_hardware": int(hardware.sum()),
+        "without_hardware": _subset(labels, probabilities, ~hardware, threshold, seed),
+        "by_region": {},
+        "by_region_without_hardware": {},
+    }
+    for key, base in (
+        ("by_region", np.ones_like(hardware)),
+        ("by_region_without_hardware", ~hardware),
+    ):
+        for name in sorted(set(region.tolist())):
+            mask = (region == name) & base
+            positives = int(labels[mask].sum())
+            entry = _subset(labels, probabilities, mask, threshold, seed)
+            if positives < MIN_POSITIVES_PER_REGION:
+                entry["note"] = f"too few fractures ({positives} < {MIN_POSITIVES_PER_REGION})"
+            out[key][name] = entry
+    return out
+
+
+def plot_roc(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, path: Path, title: str
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fpr, tpr, _ = roc_curve(labels, probabilities)
+    point = operating_point(labels, probabilities, threshold)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    ax.plot(fpr, tpr, lw=2, label=f"AUROC {auroc(labels, probabilities) or float('nan'):.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    if point["sensitivity"] is not None and point["specificity"] is not None:
+        ax.scatter(
+            [1 - point["specificity"]],
+            [point["sensitivity"]],
+            color="crimson",
+            zorder=3,
+            label=f"threshold {threshold:.3f}",
+        )
+    ax.set(xlabel="1 − specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.text(0.01, 0.01, NOT_FOR_CLINICAL_USE, fontsize=7, color="grey")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = reliability_bins(labels, probabilities)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.bar(
+        [(r["low"] + r["high"]) / 2 for r in rows],
+        [r["fraction_fractured"] for r in rows],
+        width=0.09,
+        alpha=0.7,
+        label="observed fraction fractured",
+    )
+    ax.plot(
+        [r["mean_probability"] for r in rows],
+        [r["fraction_fractured"] for r in rows],
+        marker="o",
+        color="crimson",
+        label="bin: mean probability vs observed",
+    )
+    ece = expected_calibration_error(labels, probabilities)
+    ax.set(xlabel="predicted probability", ylabel="fraction fractured", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title(f"{title} (ECE {ece:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.text(0.01, 0.01, NOT_FOR_CLINICAL_USE, fontsize=7, color="grey")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def evaluate(
+    data: Path,
+    model_path: Path,
+    *,
+    out_dir: Path | None = None,
+    labels_csv: Path | None = None,
+    flip_tta: bool = False,
+    bootstrap: int = 2000,
+    seed: int = 0,
+    threads: int = 2,
+) -> dict[str, Any]:
+    """Score every image of an ImageFolder-style folder and report the figures (and plots)."""
+    torch.set_num_threads(max(1, threads))
+    samples = scan(data)
+    checkpoint = ckpt.load(model_path)
+    images = load_images(samples, size=checkpoint.preset.size, exact=True, threads=threads)
+    probabilities = predict_probabilities(checkpoint, images, flip_tta=flip_tta)
+    labels = images.labels.numpy().astype(int)
+    threshold = checkpoint.threshold
+    report: dict[str, Any] = {
+        "data": str(data),
+        "model": str(model_path),
+        "model_version": checkpoint.version,
+        "arch": checkpoint.arch,
+        "size": checkpoint.preset.size,
+        "temperature": checkpoint.temperature,
+        "flip_tta": flip_tta,
+        "n_skipped": len(images.skipped),
+        "skipped": [{"path": str(p), "error": e} for p, e in images.skipped],
+    }
+    report.update(summarise(labels, probabilities, threshold, bootstrap=bootstrap, seed=seed))
+    labels_csv = labels_csv or find_labels_csv(data)
+    if labels_csv is not None:
+        report.update(_breakdowns(images.paths, labels, probabilities, threshold, labels_csv, seed))
+    if out_dir is not None:
+        title = f"{data.name or data} · {checkpoint.version}"
+        report["roc_png"] = str(
+            plot_roc(labels, probabilities, threshold, out_dir / "roc.png", title)
+        )
+        report["reliability_png"] = str(
+            plot_reliability(labels, probabilities, out_dir / "reliability.png", title)
+        )
+    report["disclaimer"] = NOT_FOR_CLINICAL_USE
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A human-readable summary of `evaluate`'s dict."""
+
+    def pct(value: float | None) -> str:
+        return "  n/a" if value is None else f"{value:5.3f}"
+
+    def line(name: str, r: dict[str, Any]) -> str:
+        ci = r.get("auroc_ci95")
+        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        cm = r["confusion_matrix"]
+        note = f"  ({r['note']})" if r.get("note") else ""
+        return (
+            f"{name:<24} n={r['n']:>4} fx={r['n_fractured']:>3}  "
+            f"AUROC {pct(r['auroc'])}{ci_text:<16}"
+            f" sens {pct(r['sensitivity'])} spec {pct(r['specificity'])} PPV {pct(r['ppv'])}"
+            f" NPV {pct(r['npv'])}  TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']}{note}"
+        )
+
+    lines = [
+        f"model {report['model_version']} ({report['arch']}, {report['size']} px), "
+        f"threshold {report['threshold']:.3f}, temperature {report['temperature']:.3f}",
+        line("all images", report),
+        f"{'':<24} F1 {pct(report['f1'])}  accuracy {pct(report['accuracy'])}  "
+        f"ECE {report['ece']:.3f}",
+    ]
+    if "without_hardware" in report:
+        lines.append(line("without hardware", report["without_hardware"]))
+        for name, entry in report["by_region"].items():
+            lines.append(line(f"region {name}", entry))
+        for name, entry in report["by_region_without_hardware"].items():
+            lines.append(line(f"region {name} (no hw)", entry))
+    if report.get("n_skipped"):
+        lines.append(f"{report['n_skipped']} undecodable files skipped")
+    for key in ("roc_png", "reliability_png"):
+        if key in report:
+            lines.append(f"wrote {report[key]}")
+    lines.append(NOT_FOR_CLINICAL_USE)
+    return "\n".join(lines)
+
+
+__all__ = [
+    "Preset",
+    "auroc",
+    "bootstrap_auroc_ci",
+    "evaluate",
+    "expected_calibration_error",
+    "format_report",
+    "operating_point",
+    "summarise",
+    "threshold_for_sensitivity",
+]

@@ -1,0 +1,546 @@
+"""Training: cached images → tensor augmentations → AdamW, warm-up + cosine → EMA → best val AUROC.
+
+After training, the best network is calibrated on validation (prior-shift correction folded into
+the head bias, then a scalar temperature fitted by NLL) and the decision threshold is chosen on
+validation for a target sensitivity. Everything inference needs goes into the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from model import architectures
+from model import checkpoint as ckpt
+from model.data import ImageSet, load_images, scan
+from model.evaluate import (
+    auroc,
+    expected_calibration_error,
+    operating_point,
+    threshold_for_sensitivity,
+)
+from model.preprocess import Preset
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+# Settings a resumed run may change; everything else must match the saved state.
+RESUME_MAY_CHANGE = frozenset(
+    {"resume", "progress", "epochs", "patience", "out", "work_dir", "threads"}
+)
+
+
+@dataclass
+class TrainConfig:
+    """The whole recipe; stored in the checkpoint's `extra["recipe"]`."""
+
+    data: Path
+    out: Path
+    arch: str = "efficientnet_lite0"
+    epochs: int = 14
+    size: int = 256
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr_scale: float = 0.5  # pretrained layers learn at lr × this
+    weight_decay: float = 0.02
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    target_sensitivity: float = 0.90
+    pretrained: bool = True
+    weights: Path | None = None  # local ImageNet weights for a torchvision architecture
+    freeze_blocks: int = 3  # efficientnet_lite0: stem + this many blocks stay at ImageNet values
+    ema_decay: float = 0.995  # 0 disables the exponential moving average of weights
+    label_smoothing: float = 0.0
+    patience: int = 5  # epochs without a better val AUROC before stopping
+    cache_scale: float = 1.15  # train images are cached at size × this, then cropped
+    min_crop_scale: float = 0.75  # random resized crop keeps at least this share of the area
+    rotation_degrees: float = 10.0
+    hflip: float = 0.5
+    vflip: float = 0.0
+    work_dir: Path | None = None  # resume state and best-so-far checkpoint; default runs/<out stem>
+    resume: bool = False
+    threads: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        rules = [
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.size >= 32, "size must be at least 32 pixels"),
+            (self.batch_size >= 2, "batch size must be at least 2 (batch norm)"),
+            (self.lr > 0, "learning rate must be positive"),
+            (0.0 < self.target_sensitivity <= 1.0, "target sensitivity must be in (0, 1]"),
+            (0.0 < self.min_crop_scale <= 1.0, "min crop scale must be in (0, 1]"),
+            (self.cache_scale >= 1.0, "cache scale must be at least 1"),
+            (0.0 <= self.ema_decay < 1.0, "EMA decay must be in [0, 1)"),
+            (0.0 <= self.label_smoothing < 0.5, "label smoothing must be in [0, 0.5)"),
+        ]
+        for ok, rule in rules:
+            if not ok:
+                raise ValueError(rule)
+        if self.arch not in architectures.available():
+            raise ValueError(
+                f"unknown architecture {self.arch!r}; choose seed_cnn, efficientnet_lite0 "
+                "or a torchvision classification model such as resnet18, mobilenet_v3_small"
+            )
+
+    @property
+    def starts_pretrained(self) -> bool:
+        return (self.pretrained and self.arch == "efficientnet_lite0") or self.weights is not None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.work_dir if self.work_dir is not None else Path("runs") / self.out.stem
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def augment(
+    images: torch.Tensor, size: int, config: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """(B, 1, H, W) in [0, 1] → (B, 1, size, size): rotation, flips, random resized crop, intensity.
+
+    One affine resampling per batch does rotation, flip and crop together; crops keep most of the
+    image (default ≥ 75 % of its area) so the fracture is rarely cut out.
+    """
+    count = images.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(count, generator=generator) * (high - low) + low
+
+    angle = torch.deg2rad(uniform(-config.rotation_degrees, config.rotation_degrees))
+    area = uniform(config.min_crop_scale, 1.0)
+    log_ratio = uniform(math.log(0.85), math.log(1 / 0.85))
+    scale_x = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
+    scale_y = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
+    shift_x = (torch.rand(count, generator=generator) * 2 - 1) * (1 - scale_x)
+    shift_y = (torch.rand(count, generator=generator) * 2 - 1) * (1 - scale_y)
+    flip_x = torch.where(torch.rand(count, generator=generator) < config.hflip, -1.0, 1.0)
+    flip_y = torch.where(torch.rand(count, generator=generator) < config.vflip, -1.0, 1.0)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # affine_grid maps output coordinates to input coordinates: rotate ∘ scale ∘ flip, then shift.
+    theta = torch.stack(
+        [
+            torch.stack([cos * scale_x * flip_x, -sin * scale_y * flip_y, shift_x], dim=1),
+            torch.stack([sin * scale_x * flip_x, cos * scale_y * flip_y, shift_y], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, [count, 1, size, size], align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    gamma = torch.exp(uniform(math.log(0.75), math.log(1 / 0.75))).view(-1, 1, 1, 1)
+    contrast = uniform(0.8, 1.2).view(-1, 1, 1, 1)
+    brightness = uniform(-0.08, 0.08).view(-1, 1, 1, 1)
+    out = out.clamp(1e-6, 1.0).pow(gamma)
+    mean = out.mean(dim=(2, 3), keepdim=True)
+    return ((out - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- network helpers
+
+
+def head_linear_name(net: nn.Module) -> str:
+    """Name of the last single-output Linear layer (the fracture logit)."""
+    names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear) and m.out_features == 1]
+    if not names:
+        raise ValueError(f"{type(net).__name__} has no single-logit Linear head")
+    return names[-1]
+
+
+def frozen_modules(net: nn.Module, arch: str, blocks: int) -> list[nn.Module]:
+    """Early pretrained layers kept fixed: cheaper backward passes, generic edge features."""
+    if arch != "efficientnet_lite0" or blocks <= 0:
+        return []
+    stem = [net.get_submodule("_conv_stem"), net.get_submodule("_bn0")]
+    return [*stem, *(net.get_submodule(f"_blocks.{i}") for i in range(blocks))]
+
+
+def param_groups(net: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """Head at lr, pretrained body at lr × backbone_lr_scale; no weight decay on norms, biases."""
+    head = head_linear_name(net)
+    backbone_scale = config.backbone_lr_scale if config.starts_pretrained else 1.0
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in net.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = (name.startswith(head + "."), param.ndim <= 1)
+        groups.setdefault(key, []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": config.lr * (1.0 if is_head else backbone_scale),
+            "weight_decay": 0.0 if no_decay else config.weight_decay,
+        }
+        for (is_head, no_decay), params in sorted(groups.items())
+    ]
+
+
+class EMA:
+    """Exponential moving average of weights and buffers, with the usual warm-up of the decay."""
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(net).eval()
+        for param in self.module.parameters():
+            param.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for ema_value, value in zip(
+            self.module.state_dict().values(), net.state_dict().values(), strict=True
+        ):
+            if ema_value.dtype.is_floating_point:
+                ema_value.lerp_(value.detach(), 1.0 - decay)
+            else:
+                ema_value.copy_(value)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@torch.inference_mode()
+def predict_logits(
+    net: nn.Module, images: ImageSet, preset: Preset, batch_size: int = 64
+) -> np.ndarray:
+    """Raw logits for exact-preprocessed images (what Classifier.logits would return)."""
+    net.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = preset.normalise(images.as_float(slice(start, start + batch_size)))
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        out.append(net(batch).float().reshape(-1))
+    return torch.cat(out).numpy()
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Scalar T > 0 minimising the NLL of sigmoid(logit / T) (LBFGS on log T)."""
+    x = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.float64)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(x / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+@dataclass
+class Calibration:
+    logit_offset: float  # added to the head bias (prior-shift correction)
+    temperature: float
+    threshold: float
+    val_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def calibrate(
+    logits: np.ndarray, labels: np.ndarray, *, pos_weight: float, target_sensitivity: float
+) -> Calibration:
+    """Undo the class weighting's prior shift, fit a temperature, choose the threshold."""
+    offset = -math.log(pos_weight)
+    corrected = logits + offset
+    temperature = fit_temperature(corrected, labels)
+    probabilities = 1.0 / (1.0 + np.exp(-corrected / temperature))
+    threshold = threshold_for_sensitivity(labels, probabilities, target_sensitivity)
+    metrics = {
+        "n": int(labels.size),
+        "auroc": auroc(labels, probabilities),
+        "ece": expected_calibration_error(labels, probabilities),
+        "ece_uncalibrated": expected_calibration_error(labels, 1.0 / (1.0 + np.exp(-logits))),
+    }
+    metrics.update(operating_point(labels, probabilities, threshold))
+    return Calibration(offset, temperature, threshold, metrics)
+
+
+def make_checkpoint(
+    net: nn.Module, config: TrainConfig, calibration: Calibration, extra: dict[str, Any]
+) -> ckpt.Checkpoint:
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    state[head_linear_name(net) + ".bias"] += calibration.logit_offset
+    arch_kwargs: dict[str, Any] = {"size": config.size} if config.arch == "seed_cnn" else {}
+    checkpoint = ckpt.Checkpoint(
+        arch=config.arch,
+        state_dict=state,
+        preset=Preset(size=config.size),
+        threshold=calibration.threshold,
+        temperature=calibration.temperature,
+        arch_kwargs=arch_kwargs,
+        extra=extra,
+    )
+    checkpoint.version = checkpoint.compute_version()
+    return checkpoint
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _build_network(config: TrainConfig) -> nn.Module:
+    kwargs: dict[str, Any] = {}
+    if config.arch == "seed_cnn":
+        kwargs["size"] = config.size
+    if config.weights is not None:
+        kwargs["weights_file"] = str(config.weights)
+    return architectures.build(config.arch, pretrained=config.starts_pretrained, **kwargs)
+
+
+def train(config: TrainConfig) -> ckpt.Checkpoint:
+    """Train, keep the best-on-val network, calibrate it and save it to `config.out`."""
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, config.threads))
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+
+    train_dir, val_dir = config.data / "train", config.data / "val"
+    train_samples, val_samples = scan(train_dir), scan(val_dir)
+    cache_size = max(config.size, round(config.size * config.cache_scale))
+    log.info("decoding %d train + %d val images", len(train_samples), len(val_samples))
+    train_set = load_images(train_samples, size=cache_size, threads=config.threads)
+    val_set = load_images(val_samples, size=config.size, exact=True, threads=config.threads)
+    n_pos, n_neg = train_set.n_positive, len(train_set) - train_set.n_positive
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("training data needs both fractured and not-fractured images")
+    pos_weight = n_neg / n_pos
+    log.info(
+        "train %d (%d fractured), val %d (%d fractured), decoded in %.0f s; pos_weight %.2f",
+        len(train_set), n_pos, len(val_set), val_set.n_positive,
+        time.perf_counter() - started, pos_weight,
+    )  # fmt: skip
+    val_labels = val_set.labels.numpy().astype(int)
+
+    net = _build_network(config).to(memory_format=torch.channels_last)
+    frozen = frozen_modules(
+        net, config.arch, config.freeze_blocks if config.starts_pretrained else 0
+    )
+    for module in frozen:
+        module.requires_grad_(False)
+    ema = EMA(net, config.ema_decay) if config.ema_decay > 0 else None
+    optimiser = torch.optim.AdamW(param_groups(net, config))
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser,
+        _lr_lambda(
+            config.epochs * steps_per_epoch, max(1, round(config.warmup_epochs * steps_per_epoch))
+        ),
+    )
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+    preset = Preset(size=config.size)
+
+    state_path = config.state_dir / "state.pt"
+    best_path = config.state_dir / "best.pt"
+    first_epoch, best_auroc, best_epoch = 0, -1.0, -1
+    history: list[dict[str, Any]] = []
+    if config.resume:
+        if not state_path.is_file():
+            raise ValueError(f"--resume: no training state at {state_path}")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        recipe = {k: v for k, v in state["config"].items() if k not in RESUME_MAY_CHANGE}
+        now = {k: v for k, v in config.to_dict().items() if k not in RESUME_MAY_CHANGE}
+        if recipe != now:
+            changed = sorted(k for k in now if recipe.get(k) != now[k])
+            raise ValueError(
+                f"--resume: the saved run used different settings ({', '.join(changed)})"
+            )
+        net.load_state_dict(state["net"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
+            ema.updates = int(state["ema_updates"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        first_epoch, best_auroc, best_epoch = (
+            int(state["epoch"]),
+            float(state["best_auroc"]),
+            int(state["best_epoch"]),
+        )
+        history = list(state["history"])
+        if "torch_rng" in state:  # dropout masks continue as in an uninterrupted run
+            torch.set_rng_state(state["torch_rng"])
+        log.info(
+            "resumed after epoch %d (best val AUROC %.4f at epoch %d)",
+            first_epoch,
+            best_auroc,
+            best_epoch + 1,
+        )
+
+    for epoch in range(first_epoch, config.epochs):
+        if best_epoch >= 0 and epoch - best_epoch > config.patience:
+            log.info("early stop: no better val AUROC for %d epochs", config.patience)
+            break
+        epoch_started = time.perf_counter()
+        net.train()
+        for module in frozen:
+            module.eval()
+        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        order = torch.randperm(len(train_set), generator=generator)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not config.progress,
+            leave=True,
+            dynamic_ncols=True,
+        )
+        running, seen = 0.0, 0
+        for step in bar:
+            index = order[step * config.batch_size : (step + 1) * config.batch_size]
+            if len(index) < 2:
+                continue
+            batch = augment(train_set.as_float(index), config.size, config, generator)
+            batch = preset.normalise(batch).contiguous(memory_format=torch.channels_last)
+            target = train_set.labels[index]
+            if config.label_smoothing:
+                target = target * (1 - config.label_smoothing) + 0.5 * config.label_smoothing
+            loss = loss_fn(net(batch).reshape(-1), target)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update(net)
+            running += loss.item() * len(index)
+            seen += len(index)
+            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}")
+        scored = ema.module if ema is not None else net
+        logits = predict_logits(scored, val_set, preset)
+        val_auroc = auroc(val_labels, logits) or 0.0
+        bar.set_postfix(loss=f"{running / max(seen, 1):.4f}", val_auroc=f"{val_auroc:.4f}")
+        bar.close()
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": running / max(seen, 1),
+            "val_auroc": val_auroc,
+            "seconds": round(time.perf_counter() - epoch_started, 1),
+        }
+        history.append(record)
+        log.info(
+            "epoch %d: loss %.4f, val AUROC %.4f (%.0f s)",
+            epoch + 1,
+            record["train_loss"],
+            val_auroc,
+            record["seconds"],
+        )
+        if val_auroc > best_auroc:
+            best_auroc, best_epoch = val_auroc, epoch
+            calibration = calibrate(
+                logits,
+                val_labels,
+                pos_weight=pos_weight,
+                target_sensitivity=config.target_sensitivity,
+            )
+            extra = _extra(
+                config, calibration, history, train_set, val_set, pos_weight, best_epoch, started
+            )
+            ckpt.save(make_checkpoint(scored, config, calibration, extra), best_path)
+            log.info(
+                "new best: val AUROC %.4f, threshold %.3f → sensitivity %.3f, specificity %.3f",
+                val_auroc, calibration.threshold, calibration.val_metrics["sensitivity"],
+                calibration.val_metrics["specificity"],
+            )  # fmt: skip
+        _save_state(
+            state_path,
+            {
+                "format": STATE_FORMAT,
+                "config": config.to_dict(),
+                "epoch": epoch + 1,
+                "net": net.state_dict(),
+                "ema": ema.module.state_dict() if ema is not None else {},
+                "ema_updates": ema.updates if ema is not None else 0,
+                "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "best_auroc": best_auroc,
+                "best_epoch": best_epoch,
+                "history": history,
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
+
+    best = ckpt.load(best_path)
+    best.extra["history"] = history
+    # Summed over epochs so that a resumed run counts every epoch, not only this process's.
+    best.extra["train_seconds"] = round(sum(h["seconds"] for h in history), 1)
+    best.extra["flip_tta_val_auroc"] = _flip_tta_auroc(best, val_set, val_labels)
+    ckpt.save(best, config.out)
+    log.info(
+        "saved %s (%s): val AUROC %.4f at epoch %d",
+        config.out,
+        best.version,
+        best_auroc,
+        best_epoch + 1,
+    )
+    return best
+
+
+def _flip_tta_auroc(
+    checkpoint: ckpt.Checkpoint, images: ImageSet, labels: np.ndarray
+) -> float | None:
+    """What averaging with a horizontally flipped copy would give (informational only)."""
+    net = checkpoint.build_network().to(memory_format=torch.channels_last)
+    preset = checkpoint.preset
+    plain = predict_logits(net, images, preset)
+    flipped_images = ImageSet(images.images.flip(-1), images.labels, images.paths)
+    flipped = predict_logits(net, flipped_images, preset)
+    return auroc(labels, (plain + flipped) / 2.0)
+
+
+def _extra(
+    config: TrainConfig,
+    calibration: Calibration,
+    history: list[dict[str, Any]],
+    train_set: ImageSet,
+    val_set: ImageSet,
+    pos_weight: float,
+    best_epoch: int,
+    started: float,
+) -> dict[str, Any]:
+    return {
+        "recipe": config.to_dict(),
+        "best_epoch": best_epoch + 1,
+        "val_metrics": calibration.val_metrics,
+        "logit_offset": calibration.logit_offset,
+        "pos_weight": pos_weight,
+        "history": list(history),
+        "train_images": len(train_set),
+        "train_fractured": train_set.n_positive,
+        "val_images": len(val_set),
+        "val_fractured": val_set.n_positive,
+        "skipped_files": len(train_set.skipped) + len(val_set.skipped),
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": str(torch.__version__),
+        "note": "Decision support only, not for clinical use.",
+    }

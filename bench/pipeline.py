@@ -150,9 +150,9 @@ class Pipeline:
             FRACTURE_MODEL_PATH=str(model),
             FRACTURE_DEVICE=device,
             FRACTURE_SETTLE_S="0.3",
-            FRACTURE_LOG_LEVEL="WARNING",
-            **{f"FRACTURE_{k.upper()}": str(v) for k, v in settings.items()},
+            FRACTURE_LOG_LEVEL="INFO",
         )
+        env.update({f"FRACTURE_{k.upper()}": str(v) for k, v in settings.items()})
         self.database_url = f"sqlite:///{self.data / 'fracture.db'}"
         cli = [sys.executable, "-m", "fracture"]
         self.logs = (root / "worker.log").open("wb"), (root / "watcher.log").open("wb")

@@ -10,8 +10,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -174,3 +175,106 @@ def make_distinct_images(directory: Path, count: int, *, fmt: str = "JPEG") -> l
         image.save(path, fmt, quality=90) if fmt == "JPEG" else image.save(path, fmt)
         made.append(path)
     return made
+
+
+class ProcessPipeline:
+    """Watcher and worker processes (`fracture watch` / `fracture worker`) over one inbox, one
+    database and a broker, with the queries tests ask of the result."""
+
+    def __init__(
+        self,
+        root: Path,
+        broker_url: str,
+        model: Path,
+        *,
+        database_url: str | None = None,
+        **settings: object,
+    ) -> None:
+        from db.migrate import upgrade
+        from db.session import make_engine, make_session_factory
+
+        self.root = root
+        self.inbox = root / "inbox"
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self.database_url = database_url or f"sqlite:///{root / 'data' / 'fracture.db'}"
+        values: dict[str, object] = {
+            "inbox": self.inbox,
+            "data_dir": root / "data",
+            "database_url": self.database_url,
+            "broker_url": broker_url,
+            "model_path": model,
+            "device": "cpu",
+            "settle_s": 0.5,
+            "sweep_interval_s": 1,
+            "batch_interval_ms": 100,
+            **settings,
+        }
+        self.env = fracture_env(**values)  # type: ignore[arg-type]
+        upgrade(self.database_url)
+        self.engine = make_engine(self.database_url)
+        self.factory = make_session_factory(self.engine)
+        self.stack = ExitStack()
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        """`worker`, `worker-2`, … start workers; `watch` or `watcher` starts the watcher."""
+        command = "worker" if name.startswith("worker") else "watch"
+        process = self.stack.enter_context(
+            running(fracture_cli(command), self.env, self.root / f"{name}.log")
+        )
+        self.processes[name] = process
+        return process
+
+    def rows(self) -> list[Any]:
+        from sqlalchemy import select
+
+        from db.models import Image
+
+        with self.factory() as session:
+            return list(session.scalars(select(Image)))
+
+    def counts(self) -> dict[str, int]:
+        from sqlalchemy import func, select
+
+        from db.models import Image
+
+        with self.factory() as session:
+            rows = session.execute(select(Image.status, func.count()).group_by(Image.status))
+            return {status: count for status, count in rows}
+
+    def settled(self, total: int) -> bool:
+        counts = self.counts()
+        return sum(counts.values()) == total and not (
+            counts.get("queued") or counts.get("processing")
+        )
+
+    def predictions_per_image(self) -> dict[int, int]:
+        from sqlalchemy import func, select
+
+        from db.models import Prediction
+
+        with self.factory() as session:
+            query = select(Prediction.image_id, func.count()).group_by(Prediction.image_id)
+            return {image_id: count for image_id, count in session.execute(query)}
+
+    def alive(self) -> bool:
+        return all(process.poll() is None for process in self.processes.values())
+
+    def logs(self, tail: int = 4000) -> str:
+        text = "\n".join(p.read_text(errors="replace") for p in sorted(self.root.glob("*.log")))
+        return text[-tail:]
+
+    def close(self) -> None:
+        self.stack.close()
+        self.engine.dispose()
+
+
+@contextmanager
+def process_pipeline(
+    root: Path, broker_url: str, model: Path, **settings: object
+) -> Iterator[ProcessPipeline]:
+    p = ProcessPipeline(root, broker_url, model, **settings)  # type: ignore[arg-type]
+    try:
+        yield p
+    finally:
+        p.close()

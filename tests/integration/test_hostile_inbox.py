@@ -11,94 +11,23 @@ import os
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
-from subprocess import Popen
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import func, select
 
-from db.migrate import upgrade
 from db.models import Image as ImageRow
-from db.models import Prediction
-from db.session import make_engine, make_session_factory
-from tests.helpers import fracture_cli, fracture_env, running, wait_for
+from tests.helpers import ProcessPipeline, process_pipeline, wait_for
 from tests.make_inputs import HOSTILE_MAX_PIXELS, Expected, hostile_set, replacement_image
 
 MANY_FILES = int(os.environ.get("FRACTURE_TEST_MANY_FILES", "2000"))
 
 
-class Pipeline:
-    """Watcher and worker processes over one inbox, one SQLite database and the test broker."""
-
-    def __init__(self, root: Path, broker_url: str, model: Path, **settings: object) -> None:
-        self.root = root
-        self.inbox = root / "inbox"
-        self.inbox.mkdir(parents=True, exist_ok=True)
-        database_url = f"sqlite:///{root / 'data' / 'fracture.db'}"
-        self.env = fracture_env(
-            inbox=self.inbox,
-            data_dir=root / "data",
-            database_url=database_url,
-            broker_url=broker_url,
-            model_path=model,
-            device="cpu",
-            settle_s=0.5,
-            sweep_interval_s=1,
-            batch_interval_ms=100,
-            **settings,  # type: ignore[arg-type]
-        )
-        upgrade(database_url)
-        self.engine = make_engine(database_url)
-        self.factory = make_session_factory(self.engine)
-        self.stack = ExitStack()
-        self.processes: dict[str, Popen[bytes]] = {}
-
-    def start(self, command: str) -> Popen[bytes]:
-        process = self.stack.enter_context(
-            running(fracture_cli(command), self.env, self.root / f"{command}.log")
-        )
-        self.processes[command] = process
-        return process
-
-    def rows(self) -> list[ImageRow]:
-        with self.factory() as session:
-            return list(session.scalars(select(ImageRow)))
-
-    def counts(self) -> dict[str, int]:
-        with self.factory() as session:
-            rows = session.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status))
-            return {status: count for status, count in rows}
-
-    def settled(self, total: int) -> bool:
-        counts = self.counts()
-        return sum(counts.values()) == total and not (
-            counts.get("queued") or counts.get("processing")
-        )
-
-    def predictions_per_image(self) -> dict[int, int]:
-        with self.factory() as session:
-            query = select(Prediction.image_id, func.count()).group_by(Prediction.image_id)
-            return dict(session.execute(query).all())  # type: ignore[arg-type]
-
-    def alive(self) -> bool:
-        return all(process.poll() is None for process in self.processes.values())
-
-    def logs(self, tail: int = 4000) -> str:
-        text = "\n".join(p.read_text(errors="replace") for p in sorted(self.root.glob("*.log")))
-        return text[-tail:]
-
-
-@contextmanager
-def pipeline(root: Path, broker_url: str, model: Path, **settings: object) -> Iterator[Pipeline]:
-    p = Pipeline(root, broker_url, model, **settings)
-    try:
-        yield p
-    finally:
-        p.stack.close()
-        p.engine.dispose()
+def pipeline(
+    root: Path, broker_url: str, model: Path, **settings: object
+) -> AbstractContextManager[ProcessPipeline]:
+    return process_pipeline(root, broker_url, model, **settings)
 
 
 def test_hostile_folder_dropped_at_once_ends_clean(

@@ -9,92 +9,26 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from db.migrate import upgrade
-from db.models import Image, Prediction
-from db.session import make_engine, make_session_factory
+from db.models import Image
 from fracture.broker import PrivateBroker, free_port
-from tests.helpers import (
-    fracture_cli,
-    fracture_env,
-    make_distinct_images,
-    running,
-    stop_process,
-    wait_for,
-)
+from tests.helpers import ProcessPipeline, make_distinct_images, process_pipeline, wait_for
+
+# Fast recovery for the tests: a batch may run 5 s, a row stuck 6 s is re-sent.
+QUICK_RECOVERY = {"stuck_after_s": 6, "task_time_limit_s": 5}
 
 
-class Pipeline:
-    def __init__(self, root: Path, database_url: str, broker_url: str, model: Path, **extra):
-        self.root = root
-        self.inbox = root / "inbox"
-        self.data = root / "data"
-        self.inbox.mkdir(parents=True, exist_ok=True)
-        self.database_url = database_url
-        self.env = fracture_env(
-            inbox=self.inbox,
-            data_dir=self.data,
-            database_url=database_url,
-            broker_url=broker_url,
-            model_path=model,
-            device="cpu",
-            settle_s=0.5,
-            sweep_interval_s=1,
-            stuck_after_s=6,
-            task_time_limit_s=5,
-            batch_interval_ms=100,
-            **extra,
-        )
-        upgrade(database_url)
-        self.engine = make_engine(database_url)
-        self.factory = make_session_factory(self.engine)
-        self.stack = ExitStack()
-
-    def start(self, name: str) -> object:
-        command = "worker" if name.startswith("worker") else "watch"
-        return self.stack.enter_context(
-            running(fracture_cli(command), self.env, self.root / f"{name}.log")
-        )
-
-    def counts(self) -> dict[str, int]:
-        with self.factory() as session:
-            rows = session.execute(select(Image.status, func.count()).group_by(Image.status))
-            return {status: count for status, count in rows}
-
-    def predictions_per_image(self) -> dict[int, int]:
-        with self.factory() as session:
-            rows = session.execute(
-                select(Prediction.image_id, func.count()).group_by(Prediction.image_id)
-            )
-            return {image_id: count for image_id, count in rows}
-
-    def settled(self, expected: int) -> bool:
-        counts = self.counts()
-        return sum(counts.values()) == expected and not (
-            counts.get("queued") or counts.get("processing")
-        )
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.root.glob("*.log")))
-
-    def close(self) -> None:
-        self.stack.close()
-        self.engine.dispose()
-
-
-@contextmanager
-def pipeline(tmp_path: Path, database_url: str, broker_url: str, model: Path, **extra):
-    p = Pipeline(tmp_path, database_url, broker_url, model, **extra)
-    try:
-        yield p
-    finally:
-        p.close()
+def pipeline(
+    tmp_path: Path, database_url: str, broker_url: str, model: Path, **extra: object
+) -> AbstractContextManager[ProcessPipeline]:
+    return process_pipeline(
+        tmp_path, broker_url, model, database_url=database_url, **QUICK_RECOVERY, **extra
+    )
 
 
 def slow_copy(source: Path, target: Path, chunks: int = 5, pause: float = 0.3) -> None:
@@ -227,10 +161,3 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     net = architectures.build("efficientnet_lite0")
     path = tmp_path_factory.mktemp("slow") / "lite0.pt"
     return checkpoint.save(checkpoint.Checkpoint.from_network("efficientnet_lite0", net), path)
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_children() -> Iterator[None]:
-    yield
-    # every process started by a test is stopped by its context manager
-    assert stop_process is not None

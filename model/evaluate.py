@@ -265,6 +265,13 @@ def plot_roc(
         )
     ax.set(xlabel="1 − specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Stamp the not-for-clinical-use line, write the PNG and free the figure."""
+    import matplotlib.pyplot as plt
+
     fig.text(0.01, 0.01, NOT_FOR_CLINICAL_USE, fontsize=7, color="grey")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,12 +307,7 @@ def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, path: Path, 
     ax.set(xlabel="predicted probability", ylabel="fraction fractured", xlim=(0, 1), ylim=(0, 1))
     ax.set_title(f"{title} (ECE {ece:.3f})")
     ax.legend(loc="upper left", fontsize=8)
-    fig.text(0.01, 0.01, NOT_FOR_CLINICAL_USE, fontsize=7, color="grey")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def evaluate(

@@ -242,12 +242,9 @@ class Watcher:
         return None
 
     # -- sweeping --------------------------------------------------------------------
-    def queue_depth(self) -> int | None:
-        return client.queue_depth(self.app)
-
     def sweep(self) -> int:
         """Re-send rows never sent, or stuck while no backlog explains the wait."""
-        depth = self.queue_depth()
+        depth = client.queue_depth(self.app)
         with transaction(self.factory) as session:
             rows = queries.images_to_resend(session=session, stuck_after=self.stuck_after)
             unsent = [r.id for r in rows if r.enqueued_at is None]

@@ -4,32 +4,21 @@ how often readers agree with each model version.
 
 from __future__ import annotations
 
-import logging
-
 import altair as alt
 import pandas as pd
 import streamlit as st
-from amqp.exceptions import ChannelError
 from celery import Celery
 
 from dashboard import services, ui
 from db import browse
 from worker import client
 
-log = logging.getLogger(__name__)
-
 
 @st.cache_data(ttl=5, show_spinner=False)
 def broker_health(_celery: Celery, broker_url: str) -> tuple[int | None, list[str]]:
     """Queue depth and live workers, asked of the broker at most every 5 s (a ping waits 1 s)."""
     del broker_url  # the cache key
-    try:
-        depth = client.queue_depth(_celery)
-    except ChannelError as exc:
-        # Redis deletes an empty list, so a passive declare of an empty queue says NOT_FOUND.
-        log.debug("queue not found, taken as empty: %s", exc)
-        depth = 0
-    return depth, client.live_workers(_celery)
+    return client.queue_depth(_celery), client.live_workers(_celery)
 
 
 def _percent(value: float | None) -> str:

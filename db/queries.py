@@ -119,21 +119,24 @@ def store_batch(
 ) -> None:
     """A batch's predictions (done) and errors (failed), in the caller's transaction."""
     metadata = metadata or {}
+    ids = {*metadata, *(new.image_id for new in predictions), *failures}
+    # Two queries for the whole batch, not two per image: this runs once per inference batch.
+    images = {image.id: image for image in session.scalars(select(Image).where(Image.id.in_(ids)))}
+    stored = set(
+        session.execute(
+            select(Prediction.image_id, Prediction.model_version).where(
+                Prediction.image_id.in_(ids)
+            )
+        ).tuples()
+    )
     for image_id, fields in metadata.items():
-        image = session.get(Image, image_id)
-        if image is not None:
+        if (image := images.get(image_id)) is not None:
             for key, value in fields.items():
                 setattr(image, key, value)
     for new in predictions:
-        image = session.get(Image, new.image_id)
-        if image is None:
+        if (image := images.get(new.image_id)) is None:
             continue
-        exists = session.scalar(
-            select(Prediction.id).where(
-                Prediction.image_id == new.image_id, Prediction.model_version == new.model_version
-            )
-        )
-        if exists is None:
+        if (new.image_id, new.model_version) not in stored:
             _insert_once(
                 session,
                 Prediction(
@@ -156,8 +159,7 @@ def store_batch(
             image.warning = new.warning
         image.updated_at = utcnow()
     for image_id, error in failures.items():
-        image = session.get(Image, image_id)
-        if image is None:
+        if (image := images.get(image_id)) is None:
             continue
         image.status = ImageStatus.FAILED
         image.error = error

@@ -107,7 +107,6 @@ class NewPrediction:
     threshold_source: str = "global"
     region: str | None = None
     region_probability: float | None = None
-    warning: str | None = None
 
 
 def store_batch(
@@ -155,8 +154,6 @@ def store_batch(
             )
         image.status = ImageStatus.DONE
         image.error = None
-        if new.warning:
-            image.warning = new.warning
         image.updated_at = utcnow()
     for image_id, error in failures.items():
         if (image := images.get(image_id)) is None:

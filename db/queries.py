@@ -121,13 +121,14 @@ def store_batch(
     ids = {*metadata, *(new.image_id for new in predictions), *failures}
     # Two queries for the whole batch, not two per image: this runs once per inference batch.
     images = {image.id: image for image in session.scalars(select(Image).where(Image.id.in_(ids)))}
-    stored = set(
-        session.execute(
+    stored = {
+        (image_id, version)
+        for image_id, version in session.execute(
             select(Prediction.image_id, Prediction.model_version).where(
                 Prediction.image_id.in_(ids)
             )
-        ).tuples()
-    )
+        )
+    }
     for image_id, fields in metadata.items():
         if (image := images.get(image_id)) is not None:
             for key, value in fields.items():

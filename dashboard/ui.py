@@ -192,6 +192,28 @@ def label_text(label: str | None) -> str:
     return LABEL_TEXT.get(label or "", label or "—")
 
 
+def region_text(region: str | None) -> str:
+    """A predicted body region for people; `none` is a model without a region head."""
+    if region is None or region == browse.NO_REGION:
+        return "no region (single-head model)"
+    return region.capitalize()
+
+
+def region_cell(region: str | None, disagrees: bool | None) -> str:
+    if region is None:
+        return ""
+    return f"{region} ⚠ DICOM differs" if disagrees else region
+
+
+def region_line(prediction: Prediction) -> str | None:
+    """ "hand, 87%" for a two-head model's prediction; None otherwise."""
+    if prediction.region is None:
+        return None
+    if prediction.region_probability is None:
+        return prediction.region
+    return f"{prediction.region}, {prediction.region_probability:.0%}"
+
+
 def verdict_card(
     image: Image, prediction: Prediction | None, *, waited_s: float | None = None
 ) -> None:
@@ -221,11 +243,11 @@ def verdict_card(
         " · ".join(timing),
         f"Analysed {html.escape(local_time(prediction.created_at))}",
     ]
-    if prediction.region:
-        meta.append(f"Region {html.escape(prediction.region)}")
+    region = region_line(prediction)
+    heading = label_text(prediction.label) + (f" — {region}" if region else "")
     st.markdown(
         f'<div class="fx-card {"pos" if positive else "neg"}">'
-        f'<div class="fx-label">{html.escape(label_text(prediction.label))}</div>'
+        f'<div class="fx-label">{html.escape(heading)}</div>'
         f'<div class="fx-prob">Fracture probability <b>{prediction.probability:.3f}</b> '
         f"{'≥' if positive else '<'} threshold {prediction.threshold:.3f}</div>"
         f'<div class="fx-bar" title="probability {probability:.3f}">'
@@ -238,6 +260,12 @@ def verdict_card(
         f'<div class="fx-meta">{"<br>".join(meta)}</div></div>',
         unsafe_allow_html=True,
     )
+    if prediction.region_disagrees:
+        st.warning(
+            f"The file says body part {image.body_part!r}, but the model sees "
+            f"{prediction.region}: check that the right image was sent.",
+            icon=":material/compare_arrows:",
+        )
     if image.warning:
         st.warning(image.warning, icon=":material/warning:")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Row, Select, and_, case, func, select
+from sqlalchemy import ColumnElement, Row, Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from db.models import Image, ImageSource, ImageStatus, Prediction, Review, utcnow
@@ -25,6 +25,7 @@ STATUSES = tuple(s.value for s in ImageStatus)
 SOURCES = tuple(s.value for s in ImageSource)
 REVIEWER_MAX = 128
 ALL_VERSIONS = "*"  # BrowseFilter.model_version: every model's prediction, one row each
+NO_REGION = "none"  # BrowseFilter.regions: predictions of a model without a region head
 
 
 class ReviewState(enum.StrEnum):
@@ -72,6 +73,8 @@ class BrowseFilter:
     # None: each image's latest prediction (one row per image); ALL_VERSIONS: one row per
     # prediction (audit, comparing models); a version: only that model's predictions.
     model_version: str | None = None
+    regions: tuple[str, ...] = ()  # predicted body regions; NO_REGION matches region-less rows
+    region_disagrees: bool = False  # only rows whose DICOM body part names another region
 
     def __post_init__(self) -> None:
         _check_choices("label", self.labels, LABELS)
@@ -94,6 +97,8 @@ class BrowseFilter:
             or self.probability_max is not None
             or self.review_state != ReviewState.ANY
             or self.model_version not in (None, ALL_VERSIONS)
+            or self.regions
+            or self.region_disagrees
         )
 
 
@@ -124,6 +129,10 @@ class BrowseRow:
     probability: float | None
     threshold: float | None
     predicted_at: datetime | None
+    threshold_source: str | None = None
+    region: str | None = None
+    region_probability: float | None = None
+    region_disagrees: bool | None = None
     review: LatestReview | None = None
 
 
@@ -153,6 +162,10 @@ _ROW_COLUMNS: tuple[Any, ...] = (
     Prediction.probability,
     Prediction.threshold,
     Prediction.created_at.label("predicted_at"),
+    Prediction.threshold_source,
+    Prediction.region,
+    Prediction.region_probability,
+    Prediction.region_disagrees,
 )
 
 
@@ -186,6 +199,14 @@ def _conditions(flt: BrowseFilter) -> list[ColumnElement[bool]]:
         conditions.append(func.lower(Image.filename).like(pattern, escape="\\"))
     if flt.model_version not in (None, ALL_VERSIONS):
         conditions.append(Prediction.model_version == flt.model_version)
+    if flt.regions:
+        named = [r for r in flt.regions if r != NO_REGION]
+        matches = [Prediction.region.in_(named)] if named else []
+        if NO_REGION in flt.regions:
+            matches.append(Prediction.region.is_(None))
+        conditions.append(or_(*matches))
+    if flt.region_disagrees:
+        conditions.append(Prediction.region_disagrees.is_(True))
     state = ReviewState(flt.review_state)
     if state == ReviewState.UNREVIEWED:
         conditions.append(Prediction.id.not_in(select(Review.prediction_id)))
@@ -493,6 +514,46 @@ def positive_rate_by_day(
         DayRate(day=str(d), total=int(n), positives=int(p or 0))
         for d, n, p in session.execute(query).all()
     ]
+
+
+@dataclass(frozen=True)
+class RegionCount:
+    region: str | None  # None: predictions of a model without a region head
+    total: int
+    positives: int
+    disagreements: int  # DICOM body part named another region
+
+    @property
+    def rate(self) -> float:
+        return self.positives / self.total if self.total else 0.0
+
+
+def counts_by_region(*, session: Session, model_version: str | None = None) -> list[RegionCount]:
+    """Predictions, positives and body-part disagreements per predicted region, largest first."""
+    positives = func.sum(case((Prediction.label == POSITIVE_LABEL, 1), else_=0))
+    disagreements = func.sum(case((Prediction.region_disagrees.is_(True), 1), else_=0))
+    query = select(Prediction.region, func.count(), positives, disagreements).group_by(
+        Prediction.region
+    )
+    if model_version:
+        query = query.where(Prediction.model_version == model_version)
+    rows = [
+        RegionCount(region=r, total=int(n), positives=int(p or 0), disagreements=int(d or 0))
+        for r, n, p, d in session.execute(query).all()
+    ]
+    return sorted(rows, key=lambda row: (-row.total, row.region or ""))
+
+
+def predicted_regions(*, session: Session) -> list[str]:
+    """Every region some stored prediction names, sorted."""
+    return list(
+        session.scalars(
+            select(Prediction.region)
+            .where(Prediction.region.is_not(None))
+            .distinct()
+            .order_by(Prediction.region)
+        )
+    )
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,7 @@ class Prediction(Base):
         Index("ix_predictions_probability", "probability"),
         Index("ix_predictions_created_at", "created_at"),
         Index("ix_predictions_created_at_label", "created_at", "label"),
+        Index("ix_predictions_region", "region"),
     )
 
 

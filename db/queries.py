@@ -107,6 +107,7 @@ class NewPrediction:
     threshold_source: str = "global"
     region: str | None = None
     region_probability: float | None = None
+    region_disagrees: bool | None = None  # DICOM body part names another region
 
 
 def store_batch(
@@ -148,6 +149,7 @@ def store_batch(
                     threshold_source=new.threshold_source,
                     region=new.region,
                     region_probability=new.region_probability,
+                    region_disagrees=new.region_disagrees,
                     heatmap_path=new.heatmap_path,
                     batch_size=new.batch_size,
                     inference_ms=new.inference_ms,

@@ -178,24 +178,33 @@ def predict(
             sha = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:
             sha = None
+        scored = None if isinstance(outcome, DecodeError) else outcome
         record: dict[str, Any] = {
             "path": str(path),
             "sha256": sha,
-            "status": "failed" if isinstance(outcome, DecodeError) else "done",
-            "label": None if isinstance(outcome, DecodeError) else outcome.label,
-            "probability": None if isinstance(outcome, DecodeError) else outcome.probability,
-            "threshold": classifier.threshold,
+            "status": "done" if scored else "failed",
+            "label": scored.label if scored else None,
+            "probability": scored.probability if scored else None,
+            "threshold": scored.threshold if scored else classifier.threshold,
+            "threshold_source": scored.threshold_source if scored else None,
+            "region": scored.region if scored else None,
+            "region_probability": scored.region_probability if scored else None,
             "model_version": classifier.version,
-            "error": str(outcome) if isinstance(outcome, DecodeError) else None,
+            "error": None if scored else str(outcome),
         }
         if as_json:
             typer.echo(json.dumps(record))
-        elif record["error"]:
+        elif scored is None:
             typer.echo(f"{path}: failed: {record['error']}")
         else:
+            region = (
+                f", {scored.region} {scored.region_probability:.0%}"
+                if scored.region is not None and scored.region_probability is not None
+                else ""
+            )
             typer.echo(
-                f"{path}: {record['label']} (p={record['probability']:.3f}, "
-                f"threshold {classifier.threshold:.3f})"
+                f"{path}: {scored.label} (p={scored.probability:.3f}, "
+                f"threshold {scored.threshold:.3f}{region})"
             )
     if not as_json:
         typer.echo("Decision support only, not for clinical use.")
@@ -236,7 +245,11 @@ def results(
                 "probability": prediction.probability if prediction else None,
                 "threshold": prediction.threshold if prediction else None,
                 "model_version": prediction.model_version if prediction else None,
+                "threshold_source": prediction.threshold_source if prediction else None,
                 "region": prediction.region if prediction else None,
+                "region_probability": prediction.region_probability if prediction else None,
+                "region_disagrees": prediction.region_disagrees if prediction else None,
+                "body_part": image.body_part,
                 "error": image.error,
                 "warning": image.warning,
                 "received_at": image.received_at.isoformat(),
@@ -246,6 +259,7 @@ def results(
             else:
                 verdict = (
                     f"{record['label']} p={record['probability']:.3f}"
+                    + (f" {prediction.region}" if prediction.region else "")
                     if prediction
                     else (image.error or "")
                 )

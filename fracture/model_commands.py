@@ -55,6 +55,23 @@ def train_command(
     ema_decay: Annotated[float, typer.Option("--ema-decay", help="0 disables weight EMA")] = 0.995,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing")] = 0.0,
     patience: Annotated[int, typer.Option(min=1, help="early-stopping patience (epochs)")] = 5,
+    region_weight: Annotated[
+        float,
+        typer.Option(
+            "--region-weight",
+            min=0.0,
+            help="weight of the body-region loss (needs labels.csv); 0 = single-head model",
+        ),
+    ] = 0.5,
+    region_thresholds: Annotated[
+        bool, typer.Option(help="per-region thresholds where validation has enough fractures")
+    ] = True,
+    min_region_fractures: Annotated[
+        int,
+        typer.Option(
+            "--min-region-fractures", min=1, help="fractured val images a region threshold needs"
+        ),
+    ] = 25,
     work_dir: Annotated[
         Path | None, typer.Option("--work-dir", help="resume state + best so far [runs/<out name>]")
     ] = None,
@@ -86,6 +103,9 @@ def train_command(
             ema_decay=ema_decay,
             label_smoothing=label_smoothing,
             patience=patience,
+            region_weight=region_weight,
+            region_thresholds=region_thresholds,
+            min_region_fractures=min_region_fractures,
             work_dir=work_dir,
             resume=resume,
             threads=threads,

@@ -1,6 +1,7 @@
 """Networks by name: the seed CNN, pretrained EfficientNet-Lite0, any torchvision model.
 
-Every network maps a (N, 3, H, W) batch to (N, 1) fracture logits.
+Every network maps a (N, 3, H, W) batch to (N, 1 + R) logits: column 0 is the fracture logit
+and columns 1..R, present only for a two-head network (`regions=R`), score the body regions.
 """
 
 from __future__ import annotations
@@ -89,12 +90,48 @@ def _replace_head(net: nn.Module) -> None:
     raise ValueError(f"cannot find a linear classifier head on {type(net).__name__}")
 
 
+class TwoHeads(nn.Module):
+    """One shared backbone, two heads: the fracture logit and R body-region logits."""
+
+    def __init__(self, body: nn.Module, features: int, regions: int) -> None:
+        super().__init__()
+        self.body = body
+        self.fracture = nn.Linear(features, 1)
+        self.region = nn.Linear(features, regions)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.body(x)
+        return torch.cat([self.fracture(features), self.region(features)], dim=1)
+
+
+def with_region_head(net: nn.Module, regions: int) -> TwoHeads:
+    """Cut a single-logit network below its last Linear and give it two heads."""
+    names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear) and m.out_features == 1]
+    if not names:
+        raise ValueError(f"{type(net).__name__} has no single-logit Linear head")
+    head = net.get_submodule(names[-1])
+    assert isinstance(head, nn.Linear)
+    net.set_submodule(names[-1], nn.Identity())
+    return TwoHeads(net, head.in_features, regions)
+
+
+def backbone(net: nn.Module) -> nn.Module:
+    """The feature network under the heads (the network itself when single-headed)."""
+    return net.body if isinstance(net, TwoHeads) else net
+
+
 def available() -> list[str]:
     return ["seed_cnn", "efficientnet_lite0", *torchvision.models.list_models(torchvision.models)]
 
 
-def build(arch: str, *, pretrained: bool = False, **kwargs: object) -> nn.Module:
-    """A fresh network by name; `pretrained` only where weights are available offline."""
+def build(arch: str, *, pretrained: bool = False, regions: int = 0, **kwargs: object) -> nn.Module:
+    """A fresh network by name; `pretrained` only where weights are available offline;
+    `regions` > 0 adds a body-region head of that many classes."""
+    net = _build_single(arch, pretrained=pretrained, **kwargs)
+    return with_region_head(net, regions) if regions > 0 else net
+
+
+def _build_single(arch: str, *, pretrained: bool, **kwargs: object) -> nn.Module:
     if arch == "seed_cnn":
         size = kwargs.get("size", 224)
         return SeedCNN(size=int(size))  # type: ignore[call-overload]

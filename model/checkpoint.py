@@ -36,17 +36,31 @@ class Checkpoint:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     version: str = ""
+    # A two-head checkpoint names its region classes (output columns 1..R, in this order) and may
+    # carry per-region decision thresholds; regions without one use `threshold`.
+    regions: tuple[str, ...] = ()
+    region_thresholds: dict[str, float] = field(default_factory=dict)
 
     def build_network(self) -> nn.Module:
-        net = architectures.build(self.arch, pretrained=False, **self.arch_kwargs)
+        net = architectures.build(
+            self.arch, pretrained=False, regions=len(self.regions), **self.arch_kwargs
+        )
         net.load_state_dict(self.state_dict)
         return net.eval()
+
+    def threshold_for(self, region: str | None) -> tuple[float, str]:
+        """The decision threshold for an image of `region`, and where it came from."""
+        if region is not None and region in self.region_thresholds:
+            return self.region_thresholds[region], f"region:{region}"
+        return self.threshold, "global"
 
     def compute_version(self) -> str:
         """A content hash over weights and every inference parameter."""
         digest = hashlib.sha256()
         meta = f"{self.arch}|{self.arch_kwargs}|{self.preset}|{self.class_names}|"
         meta += f"{self.threshold:.6f}|{self.temperature:.6f}"
+        if self.regions:  # single-head versions stay what they were before region heads
+            meta += f"|{self.regions}|{sorted(self.region_thresholds.items())}"
         digest.update(meta.encode())
         for name in sorted(self.state_dict):
             digest.update(name.encode())
@@ -65,6 +79,8 @@ class Checkpoint:
             "temperature": self.temperature,
             "version": self.version or self.compute_version(),
             "extra": _plain(self.extra),
+            "regions": list(self.regions),
+            "region_thresholds": {k: float(v) for k, v in self.region_thresholds.items()},
         }
 
     @classmethod
@@ -113,7 +129,14 @@ def load(path: Path) -> Checkpoint:
         arch_kwargs=dict(data.get("arch_kwargs", {})),
         extra=dict(data.get("extra", {})),
         version=str(data.get("version", "")),
+        regions=tuple(str(r) for r in data.get("regions", ())),
+        region_thresholds={
+            str(k): float(v) for k, v in dict(data.get("region_thresholds", {})).items()
+        },
     )
+    unknown = set(checkpoint.region_thresholds) - set(checkpoint.regions)
+    if unknown:
+        raise CheckpointError(f"{path}: thresholds for regions it does not predict: {unknown}")
     if not checkpoint.version:
         checkpoint.version = checkpoint.compute_version()
     return checkpoint

@@ -104,9 +104,10 @@ def reliability_bins(
 
 
 def operating_point(
-    labels: np.ndarray, probabilities: np.ndarray, threshold: float
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float | np.ndarray
 ) -> dict[str, Any]:
-    """Figures at `threshold` (fractured when probability >= threshold)."""
+    """Figures at `threshold` (fractured when probability >= threshold); an array gives each
+    image its own threshold (per-region operating points), reported as `threshold: None`."""
     labels = np.asarray(labels).astype(int)
     predicted = (np.asarray(probabilities) >= threshold).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(labels, predicted, labels=[0, 1]).ravel())
@@ -114,7 +115,7 @@ def operating_point(
     ppv = _safe_div(tp, tp + fp)
     f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
     return {
-        "threshold": float(threshold),
+        "threshold": float(threshold) if np.ndim(threshold) == 0 else None,
         "sensitivity": sensitivity,
         "specificity": _safe_div(tn, tn + fp),
         "ppv": ppv,
@@ -128,7 +129,7 @@ def operating_point(
 def summarise(
     labels: np.ndarray,
     probabilities: np.ndarray,
-    threshold: float,
+    threshold: float | np.ndarray,
     *,
     bootstrap: int = 2000,
     seed: int = 0,
@@ -146,9 +147,23 @@ def summarise(
         if bootstrap
         else None,
     }
-    result.update(operating_point(labels, probabilities, threshold))
+    point = operating_point(labels, probabilities, threshold)
+    result.update(point)
+    cm = point["confusion_matrix"]
+    result["sensitivity_ci95"] = proportion_ci(cm["tp"], cm["tp"] + cm["fn"])
+    result["specificity_ci95"] = proportion_ci(cm["tn"], cm["tn"] + cm["fp"])
     result["ece"] = expected_calibration_error(labels, probabilities)
     return result
+
+
+def proportion_ci(successes: int, total: int, level: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval for a proportion (sensitivity, specificity); None when total is 0."""
+    if total == 0:
+        return None
+    from scipy.stats import binomtest
+
+    interval = binomtest(successes, total).proportion_ci(confidence_level=level, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def threshold_for_sensitivity(
@@ -175,14 +190,15 @@ def threshold_for_sensitivity(
 # ----------------------------------------------------------------------------- scoring a folder
 
 
-def predict_probabilities(
+def predict_outputs(
     checkpoint: ckpt.Checkpoint,
     images: ImageSet,
     *,
     batch_size: int = 64,
     flip_tta: bool = False,
-) -> np.ndarray:
-    """Calibrated probabilities, exactly as `Classifier.probabilities` computes them."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Calibrated fracture probabilities, exactly as `Classifier` computes them, and the
+    predicted region of each image (None for a single-head checkpoint)."""
     from model.inference import Classifier
 
     classifier = Classifier(checkpoint, device="cpu", decode_threads=1)
@@ -191,28 +207,65 @@ def predict_probabilities(
     try:
         for start in range(0, len(images), batch_size):
             batch = preset.normalise(images.as_float(slice(start, start + batch_size)))
-            logits = classifier.logits(batch)
+            outputs = classifier.all_logits(batch)
             if flip_tta:
-                logits = (logits + classifier.logits(batch.flip(-1))) / 2.0
-            out.append(torch.sigmoid(logits / classifier.temperature).numpy())
+                outputs = (outputs + classifier.all_logits(batch.flip(-1))) / 2.0
+            out.append(outputs)
     finally:
         classifier.close()
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+    outputs = torch.cat(out) if out else torch.zeros(0, 1 + len(checkpoint.regions))
+    probabilities = torch.sigmoid(outputs[:, 0] / classifier.temperature).numpy()
+    if not checkpoint.regions:
+        return probabilities, None
+    regions = np.asarray(checkpoint.regions)[outputs[:, 1:].argmax(dim=1).numpy()]
+    return probabilities, regions
+
+
+def predict_probabilities(
+    checkpoint: ckpt.Checkpoint,
+    images: ImageSet,
+    *,
+    batch_size: int = 64,
+    flip_tta: bool = False,
+) -> np.ndarray:
+    """Calibrated probabilities, exactly as `Classifier.probabilities` computes them."""
+    return predict_outputs(checkpoint, images, batch_size=batch_size, flip_tta=flip_tta)[0]
 
 
 def _subset(
-    labels: np.ndarray, probabilities: np.ndarray, mask: np.ndarray, threshold: float, seed: int
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    mask: np.ndarray,
+    threshold: float | np.ndarray,
+    seed: int,
 ) -> dict[str, Any]:
+    if np.ndim(threshold):
+        threshold = np.asarray(threshold)[mask]
     return summarise(labels[mask], probabilities[mask], threshold, bootstrap=1000, seed=seed)
+
+
+def region_report(truth: np.ndarray, predicted: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Region accuracy and confusion matrix (rows: labels.csv region, columns: predicted) over
+    the images whose true region is one the model knows."""
+    known = np.isin(truth, list(names))
+    matrix = confusion_matrix(truth[known], predicted[known], labels=list(names))
+    return {
+        "n": int(known.sum()),
+        "accuracy": float((truth[known] == predicted[known]).mean()) if known.any() else None,
+        "labels": list(names),
+        "confusion_matrix": matrix.tolist(),
+    }
 
 
 def _breakdowns(
     paths: Sequence[Path],
     labels: np.ndarray,
     probabilities: np.ndarray,
-    threshold: float,
+    threshold: float | np.ndarray,
     labels_csv: Path,
     seed: int,
+    predicted_regions: np.ndarray | None = None,
+    region_names: Sequence[str] = (),
 ) -> dict[str, Any]:
     info = read_labels(labels_csv)
     known = [info.get(p.name) for p in paths]
@@ -237,8 +290,13 @@ def _breakdowns(
             positives = int(labels[mask].sum())
             entry = _subset(labels, probabilities, mask, threshold, seed)
             if positives < MIN_POSITIVES_PER_REGION:
-                entry["note"] = f"too few fractures ({positives} < {MIN_POSITIVES_PER_REGION})"
+                entry["note"] = (
+                    f"too few fractures to judge ({positives} < {MIN_POSITIVES_PER_REGION}); "
+                    "these figures are noise"
+                )
             out[key][name] = entry
+    if predicted_regions is not None:
+        out["region"] = region_report(region, predicted_regions, region_names)
     return out
 
 
@@ -326,9 +384,13 @@ def evaluate(
     samples = scan(data)
     checkpoint = ckpt.load(model_path)
     images = load_images(samples, size=checkpoint.preset.size, exact=True, threads=threads)
-    probabilities = predict_probabilities(checkpoint, images, flip_tta=flip_tta)
+    probabilities, predicted_regions = predict_outputs(checkpoint, images, flip_tta=flip_tta)
     labels = images.labels.numpy().astype(int)
-    threshold = checkpoint.threshold
+    # Each image is judged at the threshold the product would use for it: its predicted
+    # region's own where the checkpoint has one, the global threshold elsewhere.
+    threshold: float | np.ndarray = checkpoint.threshold
+    if predicted_regions is not None and checkpoint.region_thresholds:
+        threshold = np.array([checkpoint.threshold_for(r)[0] for r in predicted_regions])
     report: dict[str, Any] = {
         "data": str(data),
         "model": str(model_path),
@@ -337,17 +399,40 @@ def evaluate(
         "size": checkpoint.preset.size,
         "temperature": checkpoint.temperature,
         "flip_tta": flip_tta,
+        "regions": list(checkpoint.regions),
+        "region_thresholds": dict(checkpoint.region_thresholds),
         "n_skipped": len(images.skipped),
         "skipped": [{"path": str(p), "error": e} for p, e in images.skipped],
     }
     report.update(summarise(labels, probabilities, threshold, bootstrap=bootstrap, seed=seed))
+    report["threshold"] = checkpoint.threshold  # the global one; per-region ones listed above
+    if np.ndim(threshold):
+        report["global_threshold_only"] = operating_point(
+            labels, probabilities, checkpoint.threshold
+        )
+    if predicted_regions is not None:
+        report["predicted_regions"] = {
+            str(name): int(count)
+            for name, count in zip(*np.unique(predicted_regions, return_counts=True), strict=True)
+        }
     labels_csv = labels_csv or find_labels_csv(data)
     if labels_csv is not None:
-        report.update(_breakdowns(images.paths, labels, probabilities, threshold, labels_csv, seed))
+        report.update(
+            _breakdowns(
+                images.paths,
+                labels,
+                probabilities,
+                threshold,
+                labels_csv,
+                seed,
+                predicted_regions,
+                checkpoint.regions,
+            )
+        )
     if out_dir is not None:
         title = f"{data.name or data} · {checkpoint.version}"
         report["roc_png"] = str(
-            plot_roc(labels, probabilities, threshold, out_dir / "roc.png", title)
+            plot_roc(labels, probabilities, checkpoint.threshold, out_dir / "roc.png", title)
         )
         report["reliability_png"] = str(
             plot_reliability(labels, probabilities, out_dir / "reliability.png", title)
@@ -374,13 +459,34 @@ def format_report(report: dict[str, Any]) -> str:
             f" NPV {pct(r['npv'])}  TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']}{note}"
         )
 
+    def interval(name: str, ci: list[float] | tuple[float, float] | None) -> str:
+        return f"{name} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{name} n/a"
+
+    per_region = ", ".join(f"{k} {v:.3f}" for k, v in report.get("region_thresholds", {}).items())
     lines = [
         f"model {report['model_version']} ({report['arch']}, {report['size']} px), "
-        f"threshold {report['threshold']:.3f}, temperature {report['temperature']:.3f}",
+        f"threshold {report['threshold']:.3f}"
+        + (f" (per region: {per_region}; others global)" if per_region else "")
+        + f", temperature {report['temperature']:.3f}",
         line("all images", report),
         f"{'':<24} F1 {pct(report['f1'])}  accuracy {pct(report['accuracy'])}  "
-        f"ECE {report['ece']:.3f}",
+        f"ECE {report['ece']:.3f}  "
+        + interval("sensitivity 95% CI", report.get("sensitivity_ci95"))
+        + "  "
+        + interval("specificity 95% CI", report.get("specificity_ci95")),
     ]
+    if "global_threshold_only" in report:
+        g = report["global_threshold_only"]
+        lines.append(
+            f"{'global threshold only':<24} sens {pct(g['sensitivity'])} "
+            f"spec {pct(g['specificity'])}"
+        )
+    if report.get("region"):
+        r = report["region"]
+        lines.append(f"region accuracy {pct(r['accuracy'])} over {r['n']} images")
+        lines.append("  true \\ predicted " + " ".join(f"{n:>8}" for n in r["labels"]))
+        for name, row in zip(r["labels"], r["confusion_matrix"], strict=True):
+            lines.append(f"  {name:<18}" + " ".join(f"{v:>8}" for v in row))
     if "without_hardware" in report:
         lines.append(line("without hardware", report["without_hardware"]))
         for name, entry in report["by_region"].items():

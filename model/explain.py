@@ -76,7 +76,7 @@ def gradcam(net: nn.Module, batch: torch.Tensor) -> np.ndarray:
     device = next(net.parameters()).device
     batch = batch.to(device).contiguous(memory_format=torch.channels_last)
     with capture_activations(net) as captured:
-        logits = net(batch).reshape(-1)
+        logits = net(batch)[:, 0]
         return cams(logits, captured["activations"], list(range(batch.shape[0])))
 
 

@@ -27,6 +27,9 @@ class Result:
     probability: float  # calibrated probability of "fractured"
     threshold: float
     model_version: str
+    threshold_source: str = "global"  # or "region:<name>" for a per-region operating point
+    region: str | None = None  # predicted body region (two-head checkpoints only)
+    region_probability: float | None = None
 
 
 @dataclass
@@ -118,30 +121,48 @@ class Classifier:
         )
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 1 + R) float logits: fracture, then the regions of a two-head checkpoint."""
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.net(batch).float().reshape(-1)
-        return self.net(batch).float().reshape(-1)
+                return self.net(batch).float()
+        return self.net(batch).float()
 
     def _chunks(self, batch: torch.Tensor) -> list[torch.Tensor]:
         size = self.micro_batch or batch.shape[0]
         return list(torch.split(batch, size)) if batch.shape[0] else [batch]
 
-    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+    def all_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 1 + R) raw outputs on the CPU."""
         with torch.inference_mode():
             return torch.cat(
                 [self._forward(self._to_device(chunk)).cpu() for chunk in self._chunks(batch)]
             )
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N,) raw fracture logits."""
+        return self.all_logits(batch)[:, 0]
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         return torch.sigmoid(self.logits(batch) / self.temperature).numpy()
 
     def predict(self, batch: torch.Tensor) -> list[Result]:
         """(N, 3, size, size) → N results, in order."""
-        probabilities = self.probabilities(batch)
-        results = [self.result(float(p)) for p in probabilities]
+        results = self.results(self.all_logits(batch))
         assert len(results) == batch.shape[0], "one result per input"
         return results
+
+    def results(self, logits: torch.Tensor) -> list[Result]:
+        """Results from (N, 1 + R) raw outputs: calibrated fracture probability, region and the
+        threshold that applies to that region."""
+        logits = logits.detach().float().cpu()
+        probabilities = torch.sigmoid(logits[:, 0] / self.temperature).tolist()
+        if not self.checkpoint.regions:
+            return [self.result(p) for p in probabilities]
+        region_probabilities, region_index = torch.softmax(logits[:, 1:], dim=1).max(dim=1)
+        return [
+            self.result(p, self.checkpoint.regions[int(i)], float(q))
+            for p, i, q in zip(probabilities, region_index, region_probabilities, strict=True)
+        ]
 
     def predict_explained(
         self, batch: torch.Tensor, explain: str = "positive"
@@ -160,9 +181,9 @@ class Classifier:
         for chunk in self._chunks(batch):
             offset = len(results)
             with cam.capture_activations(self.net) as captured:
-                logits = self._forward(self._to_device(chunk))
-                probabilities = torch.sigmoid(logits.detach().cpu() / self.temperature).numpy()
-                chunk_results = [self.result(float(p)) for p in probabilities]
+                outputs = self._forward(self._to_device(chunk))
+                logits = outputs[:, 0]
+                chunk_results = self.results(outputs)
                 rows = [
                     i
                     for i, r in enumerate(chunk_results)
@@ -176,13 +197,18 @@ class Classifier:
         assert len(results) == batch.shape[0], "one result per input"
         return results, maps
 
-    def result(self, probability: float) -> Result:
-        fractured = probability >= self.threshold
+    def result(
+        self, probability: float, region: str | None = None, region_probability: float | None = None
+    ) -> Result:
+        threshold, source = self.checkpoint.threshold_for(region)
         return Result(
-            label=self.checkpoint.class_names[1 if fractured else 0],
+            label=self.checkpoint.class_names[1 if probability >= threshold else 0],
             probability=probability,
-            threshold=self.threshold,
+            threshold=threshold,
             model_version=self.version,
+            threshold_source=source,
+            region=region,
+            region_probability=region_probability,
         )
 
     def predict_sources(self, sources: Sequence[Path | bytes]) -> list[Result | DecodeError]:

@@ -3,6 +3,11 @@
 After training, the best network is calibrated on validation (prior-shift correction folded into
 the head bias, then a scalar temperature fitted by NLL) and the decision threshold is chosen on
 validation for a target sensitivity. Everything inference needs goes into the checkpoint.
+
+When the data has a labels.csv with body regions and `region_weight` > 0, the network gets a
+second head that predicts the region, trained together with the fracture head (loss = fracture
+BCE + region_weight × region cross-entropy); regions with enough fractured validation images then
+also get their own threshold for the same target sensitivity.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from tqdm import tqdm
 
 from model import architectures
 from model import checkpoint as ckpt
-from model.data import ImageSet, load_images, scan
+from model.data import ImageSet, find_labels_csv, load_images, read_labels, scan
 from model.evaluate import (
     auroc,
     expected_calibration_error,
@@ -37,6 +42,9 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 # Settings a resumed run may change; everything else must match the saved state.
+# A region gets its own threshold only with at least this many fractured validation images
+# (predicted in that region); fewer make a 90 %-sensitivity cut-off a coin toss.
+MIN_FRACTURES_FOR_REGION_THRESHOLD = 25
 RESUME_MAY_CHANGE = frozenset(
     {"resume", "progress", "epochs", "patience", "out", "work_dir", "threads"}
 )
@@ -69,6 +77,9 @@ class TrainConfig:
     rotation_degrees: float = 10.0
     hflip: float = 0.5
     vflip: float = 0.0
+    region_weight: float = 0.5  # weight of the body-region loss; 0 trains a single-head model
+    region_thresholds: bool = True  # per-region operating points where validation allows
+    min_region_fractures: int = MIN_FRACTURES_FOR_REGION_THRESHOLD
     work_dir: Path | None = None  # resume state and best-so-far checkpoint; default runs/<out stem>
     resume: bool = False
     threads: int = 2
@@ -85,6 +96,8 @@ class TrainConfig:
             (self.cache_scale >= 1.0, "cache scale must be at least 1"),
             (0.0 <= self.ema_decay < 1.0, "EMA decay must be in [0, 1)"),
             (0.0 <= self.label_smoothing < 0.5, "label smoothing must be in [0, 0.5)"),
+            (self.region_weight >= 0.0, "region loss weight must not be negative"),
+            (self.min_region_fractures >= 1, "min region fractures must be at least 1"),
         ]
         for ok, rule in rules:
             if not ok:
@@ -163,23 +176,31 @@ def head_linear_name(net: nn.Module) -> str:
     return names[-1]
 
 
+def head_names(net: nn.Module) -> tuple[str, ...]:
+    """The freshly initialised output layers: the fracture head, and the region head if any."""
+    if isinstance(net, architectures.TwoHeads):
+        return ("fracture", "region")
+    return (head_linear_name(net),)
+
+
 def frozen_modules(net: nn.Module, arch: str, blocks: int) -> list[nn.Module]:
     """Early pretrained layers kept fixed: cheaper backward passes, generic edge features."""
     if arch != "efficientnet_lite0" or blocks <= 0:
         return []
-    stem = [net.get_submodule("_conv_stem"), net.get_submodule("_bn0")]
-    return [*stem, *(net.get_submodule(f"_blocks.{i}") for i in range(blocks))]
+    body = architectures.backbone(net)
+    stem = [body.get_submodule("_conv_stem"), body.get_submodule("_bn0")]
+    return [*stem, *(body.get_submodule(f"_blocks.{i}") for i in range(blocks))]
 
 
 def param_groups(net: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """Head at lr, pretrained body at lr × backbone_lr_scale; no weight decay on norms, biases."""
-    head = head_linear_name(net)
+    """Heads at lr, pretrained body at lr × backbone_lr_scale; no weight decay on norms, biases."""
+    heads = tuple(name + "." for name in head_names(net))
     backbone_scale = config.backbone_lr_scale if config.starts_pretrained else 1.0
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in net.named_parameters():
         if not param.requires_grad:
             continue
-        key = (name.startswith(head + "."), param.ndim <= 1)
+        key = (name.startswith(heads), param.ndim <= 1)
         groups.setdefault(key, []).append(param)
     return [
         {
@@ -228,13 +249,14 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
 def predict_logits(
     net: nn.Module, images: ImageSet, preset: Preset, batch_size: int = 64
 ) -> np.ndarray:
-    """Raw logits for exact-preprocessed images (what Classifier.logits would return)."""
+    """(N, 1 + R) raw outputs for exact-preprocessed images (what Classifier.all_logits gives);
+    column 0 is the fracture logit."""
     net.eval()
     out = []
     for start in range(0, len(images), batch_size):
         batch = preset.normalise(images.as_float(slice(start, start + batch_size)))
         batch = batch.contiguous(memory_format=torch.channels_last)
-        out.append(net(batch).float().reshape(-1))
+        out.append(net(batch).float())
     return torch.cat(out).numpy()
 
 
@@ -261,29 +283,86 @@ class Calibration:
     temperature: float
     threshold: float
     val_metrics: dict[str, Any] = field(default_factory=dict)
+    region_thresholds: dict[str, float] = field(default_factory=dict)
+
+
+def region_operating_points(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    predicted_regions: np.ndarray,
+    *,
+    target_sensitivity: float,
+    min_fractures: int,
+) -> dict[str, float]:
+    """A threshold per predicted region with at least `min_fractures` fractured images in it,
+    chosen for the same target sensitivity; other regions are left to the global threshold."""
+    thresholds: dict[str, float] = {}
+    for region in sorted(set(predicted_regions.tolist())):
+        mask = predicted_regions == region
+        if int(labels[mask].sum()) >= min_fractures:
+            thresholds[region] = threshold_for_sensitivity(
+                labels[mask], probabilities[mask], target_sensitivity
+            )
+    return thresholds
 
 
 def calibrate(
-    logits: np.ndarray, labels: np.ndarray, *, pos_weight: float, target_sensitivity: float
+    outputs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    pos_weight: float,
+    target_sensitivity: float,
+    regions: tuple[str, ...] = (),
+    region_targets: np.ndarray | None = None,
+    region_thresholds: bool = False,
+    min_region_fractures: int = MIN_FRACTURES_FOR_REGION_THRESHOLD,
 ) -> Calibration:
-    """Undo the class weighting's prior shift, fit a temperature, choose the threshold."""
+    """Undo the class weighting's prior shift, fit a temperature, choose the threshold(s).
+
+    `outputs` is (N,) fracture logits or (N, 1 + R) two-head outputs.
+    """
+    outputs = outputs.reshape(len(labels), -1)
+    logits = outputs[:, 0]
     offset = -math.log(pos_weight)
     corrected = logits + offset
     temperature = fit_temperature(corrected, labels)
     probabilities = 1.0 / (1.0 + np.exp(-corrected / temperature))
     threshold = threshold_for_sensitivity(labels, probabilities, target_sensitivity)
-    metrics = {
+    metrics: dict[str, Any] = {
         "n": int(labels.size),
         "auroc": auroc(labels, probabilities),
         "ece": expected_calibration_error(labels, probabilities),
         "ece_uncalibrated": expected_calibration_error(labels, 1.0 / (1.0 + np.exp(-logits))),
     }
     metrics.update(operating_point(labels, probabilities, threshold))
-    return Calibration(offset, temperature, threshold, metrics)
+    per_region: dict[str, float] = {}
+    if regions and outputs.shape[1] > 1:
+        predicted = np.asarray(regions)[outputs[:, 1:].argmax(axis=1)]
+        if region_targets is not None:
+            known = region_targets >= 0
+            truth = np.asarray(regions)[region_targets[known]]
+            metrics["region_accuracy"] = float((predicted[known] == truth).mean())
+        if region_thresholds:
+            per_region = region_operating_points(
+                labels,
+                probabilities,
+                predicted,
+                target_sensitivity=target_sensitivity,
+                min_fractures=min_region_fractures,
+            )
+            effective = np.array([per_region.get(r, threshold) for r in predicted])
+            with_regions = operating_point(labels, probabilities, effective)
+            with_regions.pop("threshold")
+            metrics["with_region_thresholds"] = with_regions
+    return Calibration(offset, temperature, threshold, metrics, per_region)
 
 
 def make_checkpoint(
-    net: nn.Module, config: TrainConfig, calibration: Calibration, extra: dict[str, Any]
+    net: nn.Module,
+    config: TrainConfig,
+    calibration: Calibration,
+    extra: dict[str, Any],
+    regions: tuple[str, ...] = (),
 ) -> ckpt.Checkpoint:
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     state[head_linear_name(net) + ".bias"] += calibration.logit_offset
@@ -296,6 +375,8 @@ def make_checkpoint(
         temperature=calibration.temperature,
         arch_kwargs=arch_kwargs,
         extra=extra,
+        regions=regions,
+        region_thresholds=calibration.region_thresholds,
     )
     checkpoint.version = checkpoint.compute_version()
     return checkpoint
@@ -311,8 +392,8 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _build_network(config: TrainConfig) -> nn.Module:
-    kwargs: dict[str, Any] = {}
+def _build_network(config: TrainConfig, regions: int) -> nn.Module:
+    kwargs: dict[str, Any] = {"regions": regions}
     if config.arch == "seed_cnn":
         kwargs["size"] = config.size
     if config.weights is not None:
@@ -343,8 +424,9 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
         time.perf_counter() - started, pos_weight,
     )  # fmt: skip
     val_labels = val_set.labels.numpy().astype(int)
+    regions, train_regions, val_regions = _region_targets(config, train_set, val_set)
 
-    net = _build_network(config).to(memory_format=torch.channels_last)
+    net = _build_network(config, len(regions)).to(memory_format=torch.channels_last)
     frozen = frozen_modules(
         net, config.arch, config.freeze_blocks if config.starts_pretrained else 0
     )
@@ -360,6 +442,7 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
         ),
     )
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+    region_loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
     preset = Preset(size=config.size)
 
     state_path = config.state_dir / "state.pt"
@@ -425,7 +508,13 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
             target = train_set.labels[index]
             if config.label_smoothing:
                 target = target * (1 - config.label_smoothing) + 0.5 * config.label_smoothing
-            loss = loss_fn(net(batch).reshape(-1), target)
+            outputs = net(batch)
+            loss = loss_fn(outputs[:, 0], target)
+            if regions:
+                region_target = train_regions[index]
+                if bool((region_target >= 0).any()):
+                    region_loss = region_loss_fn(outputs[:, 1:], region_target)
+                    loss = loss + config.region_weight * region_loss
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -436,8 +525,8 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
             seen += len(index)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}")
         scored = ema.module if ema is not None else net
-        logits = predict_logits(scored, val_set, preset)
-        val_auroc = auroc(val_labels, logits) or 0.0
+        outputs = predict_logits(scored, val_set, preset)
+        val_auroc = auroc(val_labels, outputs[:, 0]) or 0.0
         bar.set_postfix(loss=f"{running / max(seen, 1):.4f}", val_auroc=f"{val_auroc:.4f}")
         bar.close()
         record = {
@@ -446,26 +535,36 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
             "val_auroc": val_auroc,
             "seconds": round(time.perf_counter() - epoch_started, 1),
         }
+        if regions:
+            known = val_regions >= 0
+            record["val_region_accuracy"] = float(
+                (outputs[known, 1:].argmax(axis=1) == val_regions[known]).mean()
+            )
         history.append(record)
         log.info(
-            "epoch %d: loss %.4f, val AUROC %.4f (%.0f s)",
+            "epoch %d: loss %.4f, val AUROC %.4f%s (%.0f s)",
             epoch + 1,
             record["train_loss"],
             val_auroc,
+            f", region accuracy {record['val_region_accuracy']:.3f}" if regions else "",
             record["seconds"],
         )
         if val_auroc > best_auroc:
             best_auroc, best_epoch = val_auroc, epoch
             calibration = calibrate(
-                logits,
+                outputs,
                 val_labels,
                 pos_weight=pos_weight,
                 target_sensitivity=config.target_sensitivity,
+                regions=regions,
+                region_targets=val_regions,
+                region_thresholds=config.region_thresholds,
+                min_region_fractures=config.min_region_fractures,
             )
             extra = _extra(
                 config, calibration, history, train_set, val_set, pos_weight, best_epoch, started
             )
-            ckpt.save(make_checkpoint(scored, config, calibration, extra), best_path)
+            ckpt.save(make_checkpoint(scored, config, calibration, extra, regions), best_path)
             log.info(
                 "new best: val AUROC %.4f, threshold %.3f → sensitivity %.3f, specificity %.3f",
                 val_auroc, calibration.threshold, calibration.val_metrics["sensitivity"],
@@ -511,10 +610,47 @@ def _flip_tta_auroc(
     """What averaging with a horizontally flipped copy would give (informational only)."""
     net = checkpoint.build_network().to(memory_format=torch.channels_last)
     preset = checkpoint.preset
-    plain = predict_logits(net, images, preset)
+    plain = predict_logits(net, images, preset)[:, 0]
     flipped_images = ImageSet(images.images.flip(-1), images.labels, images.paths)
-    flipped = predict_logits(net, flipped_images, preset)
+    flipped = predict_logits(net, flipped_images, preset)[:, 0]
     return auroc(labels, (plain + flipped) / 2.0)
+
+
+def _region_targets(
+    config: TrainConfig, train_set: ImageSet, val_set: ImageSet
+) -> tuple[tuple[str, ...], torch.Tensor, np.ndarray]:
+    """Region names and per-image targets (-1 where unknown) from the data's labels.csv.
+
+    No region head (empty names) when the weight is 0, there is no labels.csv, or the train
+    images name fewer than two regions.
+    """
+    empty = torch.full((len(train_set),), -1), np.full(len(val_set), -1)
+    labels_csv = find_labels_csv(config.data) if config.region_weight > 0 else None
+    if labels_csv is None:
+        if config.region_weight > 0:
+            log.info("no labels.csv beside the data: training a single-head model")
+        return (), *empty
+    info = read_labels(labels_csv)
+
+    def region_of(path: Path) -> str | None:
+        known = info.get(path.name)
+        return known.region if known is not None and known.region != "unknown" else None
+
+    names = tuple(sorted({r for p in train_set.paths if (r := region_of(p)) is not None}))
+    if len(names) < 2:
+        log.info("labels.csv names fewer than two regions: training a single-head model")
+        return (), *empty
+    index = {name: i for i, name in enumerate(names)}
+
+    def targets(images: ImageSet) -> list[int]:
+        return [index.get(region_of(p) or "", -1) for p in images.paths]
+
+    log.info("region head over %s (%s)", ", ".join(names), labels_csv)
+    return (
+        names,
+        torch.tensor(targets(train_set), dtype=torch.long),
+        np.array(targets(val_set), dtype=np.int64),
+    )
 
 
 def _extra(

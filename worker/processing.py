@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.session import transaction
+from model import regions
 from model.decode import DecodeError
 from model.inference import Classifier, Prepared
 
@@ -115,6 +116,12 @@ class BatchProcessor:
                         label=scored.label,
                         probability=scored.probability,
                         threshold=scored.threshold,
+                        threshold_source=scored.threshold_source,
+                        region=scored.region,
+                        region_probability=scored.region_probability,
+                        region_disagrees=regions.disagrees(
+                            _text_or_none(prep.decoded.metadata.get("body_part")), scored.region
+                        ),
                         batch_size=len(good),
                         inference_ms=elapsed_ms,
                         heatmap_path=heatmap_paths.get(item.image_id),
@@ -170,6 +177,10 @@ _IMAGE_COLUMNS = {
     "patient_hash",
     "warning",
 }
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _known_columns(metadata: dict[int, dict[str, object]]) -> dict[int, dict[str, object]]:

@@ -28,7 +28,17 @@ REVIEW_STATES = {
     browse.ReviewState.DISAGREED: "Reader corrected",
 }
 PAGE_SIZES = (25, 50, 100, 200)
-FILTER_KEYS = ("f-labels", "f-prob", "f-dates", "f-sources", "f-statuses", "f-review", "f-name")
+FILTER_KEYS = (
+    "f-labels",
+    "f-prob",
+    "f-dates",
+    "f-sources",
+    "f-statuses",
+    "f-review",
+    "f-name",
+    "f-regions",
+    "f-disagree",
+)
 LATEST = "latest"
 VERSION_CHOICES = {
     LATEST: "Latest prediction per image",
@@ -113,6 +123,20 @@ def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.
     )
     with dashboard.factory() as session:
         versions = browse.model_versions(session=session)
+        regions = browse.predicted_regions(session=session)
+    chosen_regions = side.multiselect(
+        "Body region (predicted)",
+        [*regions, browse.NO_REGION],
+        format_func=ui.region_text,
+        key="f-regions",
+        on_change=_first_page,
+    )
+    disagree = side.checkbox(
+        "Only where DICOM body part disagrees",
+        key="f-disagree",
+        on_change=_first_page,
+        help="The file's BodyPartExamined names another region than the model predicted.",
+    )
     version = side.selectbox(
         "Model",
         [*VERSION_CHOICES, *versions],
@@ -135,6 +159,8 @@ def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.
         review_state=browse.ReviewState(review),
         filename=name or None,
         model_version=None if version == LATEST else version,
+        regions=tuple(chosen_regions),
+        region_disagrees=bool(disagree),
     )
     return flt, st.session_state.get("sort", browse.SortKey.NEWEST)
 
@@ -158,6 +184,7 @@ def table(page: browse.Page) -> pd.DataFrame:
             "Finding": [ui.label_text(r.label) if r.label else "" for r in page.rows],
             "Probability": [r.probability for r in page.rows],
             "Threshold": [r.threshold for r in page.rows],
+            "Region": [ui.region_cell(r.region, r.region_disagrees) for r in page.rows],
             "Review": [review_text(r) for r in page.rows],
             "Source": [r.source for r in page.rows],
             "Model": [r.model_version or "" for r in page.rows],

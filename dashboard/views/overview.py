@@ -42,6 +42,18 @@ def agreement_table(rows: list[browse.Agreement]) -> pd.DataFrame:
     )
 
 
+def region_table(rows: list[browse.RegionCount]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Region (predicted)": [ui.region_text(r.region) for r in rows],
+            "Predictions": [r.total for r in rows],
+            "Fracture suspected": [r.positives for r in rows],
+            "Positive rate": [_percent(r.rate) for r in rows],
+            "DICOM body part differs": [r.disagreements for r in rows],
+        }
+    )
+
+
 def day_chart(per_day: list[browse.DayRate], days: int) -> alt.LayerChart:
     """Bars: predictions per day (zeros included); line: the share that were positive."""
     today = pd.Timestamp.now(tz="UTC").normalize().tz_localize(None)
@@ -101,6 +113,7 @@ def figures(dashboard: services.Dashboard, days: int) -> None:
         per_day = browse.positive_rate_by_day(session=session, days=days)
         per_hour = browse.throughput_by_hour(session=session, hours=48)
         agreement = browse.agreement_by_model(session=session)
+        by_region = browse.counts_by_region(session=session)
     if dashboard.celery is not None:
         depth, workers = broker_health(dashboard.celery, dashboard.settings.broker_url or "")
     else:
@@ -162,6 +175,12 @@ def figures(dashboard: services.Dashboard, days: int) -> None:
         hide_index=True,
         width="stretch",
     )
+
+    st.markdown("**By body region**, as the model predicts it (all model versions)")
+    if any(r.region is not None for r in by_region):
+        st.dataframe(region_table(by_region), hide_index=True, width="stretch")
+    else:
+        st.caption("No region predictions yet: the model in use has no region head.")
 
     st.markdown("**Model against readers**, per model version")
     if agreement:

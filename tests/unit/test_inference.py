@@ -73,13 +73,12 @@ def test_bad_files_fail_alone_in_a_batch(tiny_model: Path, tmp_path: Path) -> No
 def test_threshold_and_temperature_from_the_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(1)
     net = nn.Sequential(nn.Conv2d(3, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    checkpoint = Checkpoint(arch="seed_cnn", state_dict={}, preset=Preset(size=32))
+    checkpoint = Checkpoint(arch="seed_cnn", state_dict={}, preset=Preset(size=32), threshold=0.7)
     classifier = Classifier.__new__(Classifier)
     classifier.checkpoint = checkpoint
     classifier.device = torch.device("cpu")
     classifier.net = net.eval()
     classifier.temperature = 2.0
-    classifier.threshold = 0.7
     classifier.version = "test"
     classifier.micro_batch = 2  # 3 inputs: one chunk of 2, one of 1
     x = torch.randn(3, 3, 32, 32)

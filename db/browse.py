@@ -529,7 +529,8 @@ class RegionCount:
 
 
 def counts_by_region(*, session: Session, model_version: str | None = None) -> list[RegionCount]:
-    """Predictions, positives and body-part disagreements per predicted region, largest first."""
+    """Predictions, positives and body-part disagreements per predicted region, largest first
+    (predictions without a region last among equals)."""
     positives = func.sum(case((Prediction.label == POSITIVE_LABEL, 1), else_=0))
     disagreements = func.sum(case((Prediction.region_disagrees.is_(True), 1), else_=0))
     query = select(Prediction.region, func.count(), positives, disagreements).group_by(
@@ -541,7 +542,7 @@ def counts_by_region(*, session: Session, model_version: str | None = None) -> l
         RegionCount(region=r, total=int(n), positives=int(p or 0), disagreements=int(d or 0))
         for r, n, p, d in session.execute(query).all()
     ]
-    return sorted(rows, key=lambda row: (-row.total, row.region or ""))
+    return sorted(rows, key=lambda row: (-row.total, row.region is None, row.region or ""))
 
 
 def predicted_regions(*, session: Session) -> list[str]:

@@ -27,12 +27,36 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-def make_tiny_checkpoint(path: Path, *, seed: int = 0, size: int = 64) -> Path:
-    """A seed CNN with fixed random weights: exact, fast, and independent of the shipped model."""
+def make_tiny_checkpoint(
+    path: Path,
+    *,
+    seed: int = 0,
+    size: int = 64,
+    regions: tuple[str, ...] = (),
+    always_region: str | None = None,
+    region_thresholds: dict[str, float] | None = None,
+) -> Path:
+    """A seed CNN with fixed random weights: exact, fast, and independent of the shipped model.
+
+    With `regions` it has a region head; `always_region` makes that head name one region for
+    every input (zero weights, one large bias).
+    """
     torch.manual_seed(seed)
-    net = architectures.build("seed_cnn", size=size)
+    net = architectures.build("seed_cnn", size=size, regions=len(regions))
+    if always_region is not None:
+        head = net.get_submodule("region")
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.fill_(-5.0)
+            head.bias[regions.index(always_region)] = 5.0
     ckpt = checkpoint.Checkpoint.from_network(
-        "seed_cnn", net, preset=Preset(size=size), arch_kwargs={"size": size}, threshold=0.5
+        "seed_cnn",
+        net,
+        preset=Preset(size=size),
+        arch_kwargs={"size": size},
+        threshold=0.5,
+        regions=regions,
+        region_thresholds=region_thresholds or {},
     )
     return checkpoint.save(ckpt, path)
 

@@ -92,8 +92,13 @@ def worker_thread(model: Path) -> Iterator[None]:
         thread.join(timeout=10)
 
 
-def seed(cases: list[tuple[str, float | None, str]]) -> dict[str, int]:
-    """(file name, probability or None for a failure, source) → image ids, via db.queries."""
+def seed(
+    cases: list[tuple[str, float | None, str]],
+    regions: dict[str, tuple[str, float, bool | None]] | None = None,
+) -> dict[str, int]:
+    """(file name, probability or None for a failure, source) → image ids, via db.queries;
+    `regions` gives some files a (region, region probability, disagrees with DICOM)."""
+    regions = regions or {}
     from db.migrate import upgrade
 
     config = settings()
@@ -131,6 +136,9 @@ def seed(cases: list[tuple[str, float | None, str]]) -> dict[str, int]:
                         threshold=0.5,
                         batch_size=1,
                         inference_ms=3.0,
+                        region=regions[name][0] if name in regions else None,
+                        region_probability=regions[name][1] if name in regions else None,
+                        region_disagrees=regions[name][2] if name in regions else None,
                     )
                 ],
                 failures={},
@@ -249,6 +257,51 @@ def test_browse_filters_run_in_the_database(env: dict[str, str]) -> None:
     assert table_files(at) == []
     assert "No stored prediction matches these filters." in texts(at)
     assert_clean(at)
+
+
+def test_region_on_the_card_in_the_filters_and_on_the_overview(env: dict[str, str]) -> None:
+    ids = seed(
+        [
+            ("ward1/a.jpg", 0.91, "watch"),
+            ("ward1/b.jpg", 0.20, "watch"),
+            ("ward2/c.jpg", 0.70, "watch"),
+            ("ward3/old-model.jpg", 0.10, "watch"),
+        ],
+        regions={
+            "ward1/a.jpg": ("hand", 0.87, False),
+            "ward1/b.jpg": ("leg", 0.99, None),
+            "ward2/c.jpg": ("hand", 0.64, True),
+        },
+    )
+    at = app().run()
+    at.switch_page("views/browse.py").run()
+    assert_clean(at)
+    assert sorted(at.dataframe[0].value["Region"]) == ["", "hand", "hand ⚠ DICOM differs", "leg"]
+    at.multiselect(key="f-regions").select("hand").run()
+    assert sorted(table_files(at)) == ["ward1/a.jpg", "ward2/c.jpg"]
+    at.multiselect(key="f-regions").select(browse.NO_REGION).run()
+    assert sorted(table_files(at)) == ["ward1/a.jpg", "ward2/c.jpg", "ward3/old-model.jpg"]
+    next(b for b in at.sidebar.button if b.label == "Clear filters").click().run()
+    at.checkbox(key="f-disagree").check().run()
+    assert table_files(at) == ["ward2/c.jpg"]
+
+    at.number_input(key="open-image").set_value(ids["ward1/a.jpg"]).run()
+    assert_clean(at)
+    assert "Fracture suspected — hand, 87%" in texts(at)
+    at.number_input(key="open-image").set_value(ids["ward2/c.jpg"]).run()
+    assert "the model sees hand" in texts(at)
+
+    at.switch_page("views/overview.py").run()
+    assert_clean(at)
+    table = next(d.value for d in at.dataframe if "Region (predicted)" in d.value.columns)
+    assert list(table["Region (predicted)"]) == [
+        "Hand",
+        "Leg",
+        "no region (single-head model)",
+    ]
+    assert list(table["Predictions"]) == [2, 1, 1]
+    assert list(table["Fracture suspected"]) == [2, 0, 0]
+    assert list(table["DICOM body part differs"]) == [1, 0, 0]
 
 
 def test_review_is_saved_beside_the_prediction_and_counted(env: dict[str, str]) -> None:

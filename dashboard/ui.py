@@ -282,6 +282,17 @@ def _pixels(path: str, sha256: str, max_pixels: int) -> np.ndarray:
     return services.display_pixels(decoded.pixels)
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _stored_heatmap(heatmap_path: str, path: str, sha256: str, max_pixels: int) -> np.ndarray | str:
+    """A stored Grad-CAM grid drawn over the image; an overlay file from before grids were
+    stored is shown as it is."""
+    from model.explain import MAP_SUFFIX, load_map, overlay
+
+    if not heatmap_path.endswith(MAP_SUFFIX):
+        return heatmap_path
+    return overlay(_pixels(path, sha256, max_pixels), load_map(Path(heatmap_path)))
+
+
 @st.cache_data(max_entries=16, show_spinner="Computing the heatmap…")
 def _heatmap_now(path: str, sha256: str, model_path: str, max_pixels: int) -> np.ndarray:
     from worker.processing import read_verified
@@ -337,7 +348,16 @@ def heatmap(dashboard: services.Dashboard, image: Image, prediction: Prediction 
         st.caption("No heatmap: the image has no prediction.")
         return
     if prediction.heatmap_path and Path(prediction.heatmap_path).is_file():
-        st.image(prediction.heatmap_path, caption=caption, width="stretch")
+        from model.decode import DecodeError
+
+        try:
+            shown = _stored_heatmap(
+                prediction.heatmap_path, image.path, image.sha256, dashboard.settings.max_pixels
+            )
+        except (DecodeError, OSError, ValueError) as exc:
+            st.info(f"The stored heatmap cannot be shown: {exc}", icon=":material/hide_image:")
+            return
+        st.image(shown, caption=caption, width="stretch")
         return
     settings = dashboard.settings
     state_key = f"heatmap-{prediction.id}"

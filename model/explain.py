@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,6 +20,10 @@ import torch
 from torch import nn
 
 OVERLAY_MAX_SIDE = 1024
+# The worker stores the Grad-CAM grid itself (e.g. 8×8 for a 256 px input) as an 8-bit PNG under
+# this suffix; the overlay is drawn when someone looks at it. Rendering and PNG-encoding a
+# full-size overlay for every positive cost the worker more than a third of its batch time.
+MAP_SUFFIX = ".cam.png"
 
 
 def last_conv_layer(net: nn.Module) -> nn.Module:
@@ -91,3 +96,20 @@ def overlay(pixels: np.ndarray, mask: np.ndarray, image_weight: float = 0.6) -> 
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
     blend = (1 - image_weight) * heat + image_weight * np.clip(grey, 0, 1)[:, :, None]
     return (255 * blend / blend.max()).astype(np.uint8)
+
+
+def save_map(mask: np.ndarray, path: Path) -> Path:
+    """Store a map in [0, 1] as an 8-bit greyscale PNG (a few hundred bytes)."""
+    from PIL import Image
+
+    grid = (np.clip(mask, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    Image.fromarray(grid, mode="L").save(path, compress_level=1)
+    return path
+
+
+def load_map(path: Path) -> np.ndarray:
+    """A map stored by `save_map`, back in [0, 1]."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0

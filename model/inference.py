@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,14 @@ class Classifier:
 
     def prepare_many(self, sources: Sequence[Path | bytes]) -> list[Prepared | DecodeError]:
         """Decode in a thread pool (Pillow releases the GIL); errors come back in place."""
+        return [future.result() for future in self.prepare_async(sources)]
+
+    def prepare_async(
+        self, sources: Sequence[Path | bytes]
+    ) -> list[Future[Prepared | DecodeError]]:
+        """Start decoding every source in the thread pool; each future holds the prepared
+        input or its DecodeError. Callers can run the network on the first images while the
+        rest are still being decoded."""
 
         def one(source: Path | bytes) -> Prepared | DecodeError:
             try:
@@ -113,7 +121,12 @@ class Classifier:
             except DecodeError as exc:
                 return exc
 
-        return list(self._pool.map(one, sources))
+        return [self._pool.submit(one, source) for source in sources]
+
+    @property
+    def chunk_size(self) -> int | None:
+        """Images per forward pass: the CPU micro-batch, or None (whole batch) on a GPU."""
+        return self.micro_batch or None
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.to(self.device, non_blocking=True).contiguous(

@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image as PILImage
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.session import transaction
 from model import regions
 from model.decode import DecodeError
-from model.inference import Classifier, Prepared
+from model.inference import Classifier, Prepared, Result
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +83,11 @@ class BatchProcessor:
                 sources.append(read_verified(item.path, item.sha256))
             except DecodeError as exc:
                 sources.append(exc)
-        readable = [s for s in sources if isinstance(s, bytes)]
-        prepared_iter = iter(self.classifier.prepare_many(readable))
-        prepared = [next(prepared_iter) if isinstance(s, bytes) else s for s in sources]
-
-        good = [(c, p) for c, p in zip(claimed, prepared, strict=True) if isinstance(p, Prepared)]
-        for item, result in zip(claimed, prepared, strict=True):
-            if isinstance(result, DecodeError):
-                outcome.failed[item.image_id] = str(result)
+        good, results, maps = self._predict(claimed, sources, outcome)
 
         new_predictions: list[queries.NewPrediction] = []
         metadata: dict[int, dict[str, object]] = {}
         if good:
-            import torch
-
-            batch = torch.stack([p.tensor for _, p in good])
-            results, maps = self.classifier.predict_explained(batch, self.heatmaps)
             elapsed_ms = (time.perf_counter() - started) * 1000
             heatmap_paths = self._save_heatmaps(good, maps)
             for (item, prep), scored in zip(good, results, strict=True):
@@ -147,20 +135,58 @@ class BatchProcessor:
         )
         return outcome
 
+    def _predict(
+        self,
+        claimed: list[Claimed],
+        sources: list[bytes | DecodeError],
+        outcome: BatchOutcome,
+    ) -> tuple[list[tuple[Claimed, Prepared]], list[Result], dict[int, np.ndarray]]:
+        """Decode in the thread pool and run the network on each micro-batch as soon as its
+        images are decoded, so decoding the rest overlaps the forward pass. Decode errors go
+        to `outcome.failed`; the rest come back in order with their results and maps."""
+        readable = [s for s in sources if isinstance(s, bytes)]
+        futures = iter(self.classifier.prepare_async(readable))
+        chunk = self.classifier.chunk_size or len(claimed)
+        good: list[tuple[Claimed, Prepared]] = []
+        results: list[Result] = []
+        maps: dict[int, np.ndarray] = {}
+        pending: list[tuple[Claimed, Prepared]] = []
+
+        def run_pending() -> None:
+            import torch
+
+            batch = torch.stack([prepared.tensor for _, prepared in pending])
+            scored, grids = self.classifier.predict_explained(batch, self.heatmaps)
+            maps.update({len(good) + row: grid for row, grid in grids.items()})
+            good.extend(pending)
+            results.extend(scored)
+            pending.clear()
+
+        for item, source in zip(claimed, sources, strict=True):
+            prepared = source if isinstance(source, DecodeError) else next(futures).result()
+            if isinstance(prepared, DecodeError):
+                outcome.failed[item.image_id] = str(prepared)
+                continue
+            pending.append((item, prepared))
+            if len(pending) >= chunk:
+                run_pending()
+        if pending:
+            run_pending()
+        return good, results, maps
+
     def _save_heatmaps(
         self, good: list[tuple[Claimed, Prepared]], maps: dict[int, np.ndarray]
     ) -> dict[int, str]:
-        from model.explain import overlay
+        """Each Grad-CAM grid as a tiny PNG; the dashboard draws the overlay on demand."""
+        from model.explain import MAP_SUFFIX, save_map
 
         if maps:
             self.heatmaps_dir.mkdir(parents=True, exist_ok=True)
         paths = {}
         for row, cam in maps.items():
-            item, prepared = good[row]
-            target = self.heatmaps_dir / f"{item.sha256}-{self.classifier.version}.png"
-            # Fast PNG compression: the overlay is for display, and encoding sits on the hot path.
-            PILImage.fromarray(overlay(prepared.decoded.pixels, cam)).save(target, compress_level=1)
-            paths[item.image_id] = str(target)
+            item, _ = good[row]
+            target = self.heatmaps_dir / f"{item.sha256}-{self.classifier.version}{MAP_SUFFIX}"
+            paths[item.image_id] = str(save_map(cam, target))
         return paths
 
 

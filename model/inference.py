@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from model import checkpoint as ckpt
+from model import optimise
 from model.decode import DEFAULT_MAX_PIXELS, Decoded, DecodeError, decode
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,9 @@ class Classifier:
         self.threshold = checkpoint.threshold
         self.temperature = checkpoint.temperature
         self.max_pixels = max_pixels
-        # channels-last roughly doubles CPU throughput of depthwise-conv networks.
-        self.net = checkpoint.build_network().to(self.device)
+        # Batch norms and padding folded into the convolutions (same outputs, ~20 % faster on
+        # CPU); channels-last roughly doubles CPU throughput of depthwise-conv networks.
+        self.net = optimise.for_inference(checkpoint.build_network()).to(self.device)
         self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         # On CPU, forward passes of more than a few images overflow the caches: EfficientNet-
         # Lite0 at 256 px ran 46 img/s in chunks of 4 but 26 img/s in one batch of 16 on a

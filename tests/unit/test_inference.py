@@ -1,5 +1,6 @@
 """Inference and Grad-CAM on tiny networks whose outputs can be worked out by hand."""
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,30 @@ def test_checkpoint_round_trip_gives_identical_outputs(tiny_model: Path, tmp_pat
     batch = torch.stack([a.prepare(p).tensor for p in sample_images()])
     assert a.version == b.version
     assert torch.equal(a.logits(batch), b.logits(batch))
+
+
+@pytest.mark.parametrize("regions", [0, 5])
+def test_inference_rewrites_keep_outputs_and_gradcam(regions: int) -> None:
+    from model import architectures, optimise
+
+    torch.manual_seed(0)
+    net = architectures.build("efficientnet_lite0", regions=regions)
+    for module in net.modules():  # trained-looking statistics, not the 0/1 of a fresh layer
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    net.eval()
+    fast = optimise.for_inference(copy.deepcopy(net))
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    pads = sum(isinstance(m, nn.ZeroPad2d) for m in fast.modules())
+    assert norms == 1  # only the head's, which Grad-CAM reads
+    assert pads < sum(isinstance(m, nn.ZeroPad2d) for m in net.modules())
+    x = torch.randn(3, 3, 96, 96)
+    with torch.inference_mode():
+        assert torch.allclose(net(x), fast(x), atol=1e-4)
+    assert np.allclose(explain.gradcam(net, x), explain.gradcam(fast, x), atol=1e-3)
+
+    plain = architectures.build("resnet18")
+    assert optimise.for_inference(plain) is plain

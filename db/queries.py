@@ -134,27 +134,15 @@ def store_batch(
         if (image := images.get(image_id)) is not None:
             for key, value in fields.items():
                 setattr(image, key, value)
+    fresh = [
+        new
+        for new in predictions
+        if new.image_id in images and (new.image_id, new.model_version) not in stored
+    ]
+    _insert_all(session, fresh)
     for new in predictions:
         if (image := images.get(new.image_id)) is None:
             continue
-        if (new.image_id, new.model_version) not in stored:
-            _insert_once(
-                session,
-                Prediction(
-                    image_id=new.image_id,
-                    model_version=new.model_version,
-                    label=new.label,
-                    probability=new.probability,
-                    threshold=new.threshold,
-                    threshold_source=new.threshold_source,
-                    region=new.region,
-                    region_probability=new.region_probability,
-                    region_disagrees=new.region_disagrees,
-                    heatmap_path=new.heatmap_path,
-                    batch_size=new.batch_size,
-                    inference_ms=new.inference_ms,
-                ),
-            )
         image.status = ImageStatus.DONE
         image.error = None
         image.updated_at = utcnow()
@@ -164,6 +152,36 @@ def store_batch(
         image.status = ImageStatus.FAILED
         image.error = error
         image.updated_at = utcnow()
+
+
+def _prediction_row(new: NewPrediction) -> Prediction:
+    return Prediction(
+        image_id=new.image_id,
+        model_version=new.model_version,
+        label=new.label,
+        probability=new.probability,
+        threshold=new.threshold,
+        threshold_source=new.threshold_source,
+        region=new.region,
+        region_probability=new.region_probability,
+        region_disagrees=new.region_disagrees,
+        heatmap_path=new.heatmap_path,
+        batch_size=new.batch_size,
+        inference_ms=new.inference_ms,
+    )
+
+
+def _insert_all(session: Session, new: Sequence[NewPrediction]) -> None:
+    """All rows in one savepoint; only if another worker stored one of them meanwhile, row by
+    row (a savepoint per row was 5 % of a CPU worker's time)."""
+    if not new:
+        return
+    try:
+        with session.begin_nested():
+            session.add_all([_prediction_row(n) for n in new])
+    except IntegrityError:
+        for one in new:
+            _insert_once(session, _prediction_row(one))
 
 
 def _insert_once(session: Session, row: Prediction) -> None:

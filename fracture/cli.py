@@ -274,7 +274,7 @@ def bench(
     images: Annotated[
         Path | None, typer.Option(help="folder of radiographs (default: shipped samples)")
     ] = None,
-    n: Annotated[int, typer.Option(min=1, help="images, cycled from the folder")] = 256,
+    n: Annotated[int, typer.Option(min=1, help="images, cycled from the folder")] = 1024,
     device: DeviceOpt = None,
     model: ModelOpt = None,
     batch_size: Annotated[int | None, typer.Option(help="[FRACTURE_BATCH_SIZE]")] = None,

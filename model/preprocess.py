@@ -44,7 +44,7 @@ class Preset:
         resized = Image.fromarray(array, mode="F").resize(
             (self.size, self.size), Image.Resampling.BILINEAR
         )
-        return torch.from_numpy(np.asarray(resized, dtype=np.float32).copy())[None].clamp_(0, 1)
+        return torch.from_numpy(np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)[None])
 
     def normalise(self, grey: torch.Tensor) -> torch.Tensor:
         """(…, 1, H, W) in [0, 1] → (…, 3, H, W) normalised with the preset's mean and std."""
@@ -54,4 +54,12 @@ class Preset:
         return (rgb - mean) / std
 
     def __call__(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return self.normalise(self.resize(pixels))
+        """One image, ready for the network: `normalise(resize(pixels))`, computed in NumPy.
+
+        This runs in the worker's decode threads beside the forward pass; torch element-wise
+        ops there would start parallel regions that fight the forward pass for the same cores.
+        """
+        grey = self.resize(pixels).numpy()
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
+        return torch.from_numpy((grey - mean) / std)

@@ -25,6 +25,7 @@ def build_processor(settings: Settings) -> BatchProcessor:
         max_pixels=settings.max_pixels,
         patient_salt=settings.patient_salt.get_secret_value() if settings.patient_salt else None,
     )
+    log.info("model warmed up in %.1f s", classifier.warm_up(settings.batch_size))
     engine = make_engine(settings.resolved_database_url)
     return BatchProcessor(
         classifier,

@@ -125,3 +125,27 @@ def test_concurrent_upgrades_on_a_fresh_database_do_not_collide(database_url: st
     assert {"images", "predictions", "reviews"} <= set(
         inspect(make_engine(database_url)).get_table_names()
     )
+
+
+def test_batch_insert_survives_a_row_another_worker_stored_first(factory) -> None:
+    """The whole batch goes in one savepoint; a duplicate falls back to row by row."""
+    ids = [_register(factory, c * 64, f"{c}.jpg")[0] for c in "123"]
+
+    def new(image_id: int, probability: float) -> queries.NewPrediction:
+        return queries.NewPrediction(
+            image_id=image_id,
+            model_version="v1",
+            label="fractured",
+            probability=probability,
+            threshold=0.5,
+            batch_size=3,
+            inference_ms=1.0,
+        )
+
+    with transaction(factory) as session:
+        queries.store_batch(session=session, predictions=[new(ids[1], 0.9)], failures={})
+    with transaction(factory) as session:  # as if stored between our check and our insert
+        queries._insert_all(session, [new(i, 0.7) for i in ids])
+    with factory() as session:
+        stored = dict(session.execute(select(Prediction.image_id, Prediction.probability)).all())
+    assert stored == {ids[0]: 0.7, ids[1]: 0.9, ids[2]: 0.7}

@@ -172,12 +172,15 @@ def predict(
     settings = build_settings(model_path=model, device=device)
     setup_logging("WARNING")
     classifier = Classifier.load(settings.resolved_model_path, device=settings.device)
-    outcomes = classifier.predict_sources(files)
-    for path, outcome in zip(files, outcomes, strict=True):
+    sources: list[Path | bytes] = []
+    for path in files:  # each file is read once: hashed, then decoded from these bytes
         try:
-            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            sources.append(path.read_bytes())
         except OSError:
-            sha = None
+            sources.append(path)  # decoding reports why it cannot be read
+    outcomes = classifier.predict_sources(sources)
+    for path, source, outcome in zip(files, sources, outcomes, strict=True):
+        sha = hashlib.sha256(source).hexdigest() if isinstance(source, bytes) else None
         scored = None if isinstance(outcome, DecodeError) else outcome
         record: dict[str, Any] = {
             "path": str(path),

@@ -90,7 +90,9 @@ def sniff_format(data: bytes) -> str | None:
         return "tif"
     if data.startswith(b"BM") and len(data) > 26:
         return "bmp"
-    if data[128:132] == b"DICM":
+    from model.dicom import is_dicom
+
+    if is_dicom(data):  # Part 10 (DICM at byte 128) or a bare dataset, as the worker accepts
         return "dcm"
     return None
 

@@ -37,6 +37,12 @@ def encoded(fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+def bare_dicom() -> bytes:
+    from tests.make_inputs import dicom_bytes, grey_radiograph
+
+    return dicom_bytes(grey_radiograph(size=(32, 40)), preamble=False)
+
+
 @pytest.mark.parametrize(
     ("data", "extension"),
     [
@@ -45,6 +51,7 @@ def encoded(fmt: str) -> bytes:
         (encoded("BMP"), "bmp"),
         (encoded("TIFF"), "tif"),
         (b"\0" * 128 + b"DICM" + b"\0" * 64, "dcm"),
+        (bare_dicom(), "dcm"),  # no preamble: what some PACS exports write
         (b"GIF89a" + b"\0" * 64, None),
         (b"<html>", None),
         (b"", None),

@@ -172,7 +172,56 @@ def evaluate_command(
         typer.echo(format_report(report))
 
 
+def calibrate_command(
+    data: Annotated[
+        Path, typer.Option("--data", help="labelled folder (class subfolders), e.g. DATA/val")
+    ],
+    model: Annotated[Path, typer.Option("--model", help="checkpoint to recalibrate")],
+    out: Annotated[Path, typer.Option("--out", help="where the recalibrated checkpoint goes")],
+    target_sensitivity: Annotated[
+        float, typer.Option("--target-sensitivity", help="threshold chosen for this")
+    ] = 0.90,
+    region_thresholds: Annotated[
+        bool, typer.Option(help="per-region thresholds where the data has enough fractures")
+    ] = True,
+    min_region_fractures: Annotated[
+        int,
+        typer.Option("--min-region-fractures", min=1, help="fractures a region threshold needs"),
+    ] = 25,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads")] = 2,
+) -> None:
+    """Refit temperature and decision threshold(s) of a checkpoint on labelled images."""
+    from model.checkpoint import CheckpointError
+    from model.data import DataError
+    from model.train import recalibrate
+
+    _setup_logging()
+    if not 0.0 < target_sensitivity <= 1.0:
+        _fail("--target-sensitivity must be in (0, 1]")
+    try:
+        checkpoint = recalibrate(
+            model,
+            data,
+            out=out,
+            target_sensitivity=target_sensitivity,
+            region_thresholds=region_thresholds,
+            min_region_fractures=min_region_fractures,
+            threads=threads,
+        )
+    except (DataError, CheckpointError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    per_region = ", ".join(f"{k} {v:.3f}" for k, v in checkpoint.region_thresholds.items())
+    typer.echo(
+        f"wrote {out} ({checkpoint.version}): temperature {checkpoint.temperature:.3f}, "
+        f"threshold {checkpoint.threshold:.3f}"
+        + (f", per region: {per_region}" if per_region else ", no per-region thresholds")
+    )
+    typer.echo("Decision support only, not for clinical use.")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `train` and `evaluate` to the `fracture` command line."""
+    """Add `train`, `evaluate` and `calibrate` to the `fracture` command line."""
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
+    app.command("calibrate")(calibrate_command)

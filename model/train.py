@@ -343,18 +343,69 @@ def calibrate(
             truth = np.asarray(regions)[region_targets[known]]
             metrics["region_accuracy"] = float((predicted[known] == truth).mean())
         if region_thresholds:
-            per_region = region_operating_points(
+            per_region, report = choose_region_thresholds(
                 labels,
                 probabilities,
                 predicted,
+                global_threshold=threshold,
                 target_sensitivity=target_sensitivity,
                 min_fractures=min_region_fractures,
             )
-            effective = np.array([per_region.get(r, threshold) for r in predicted])
-            with_regions = operating_point(labels, probabilities, effective)
-            with_regions.pop("threshold")
-            metrics["with_region_thresholds"] = with_regions
+            metrics["region_thresholds"] = report
     return Calibration(offset, temperature, threshold, metrics, per_region)
+
+
+def choose_region_thresholds(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    predicted_regions: np.ndarray,
+    *,
+    global_threshold: float,
+    target_sensitivity: float,
+    min_fractures: int,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Per-region thresholds that keep the product's promise on validation, or none.
+
+    Each region with enough fractures gets the threshold for a per-region sensitivity target;
+    the others keep the global threshold. Equalising the large regions at exactly the target
+    removes the slack that covered the small ones, so overall sensitivity can fall below it:
+    the per-region target is raised in steps of 0.01 until overall sensitivity is back at the
+    target. The thresholds are kept only if, at that point, overall specificity beats the
+    global threshold's; otherwise every region uses the global threshold.
+    """
+    baseline = operating_point(labels, probabilities, global_threshold)
+    report: dict[str, Any] = {
+        "min_fractures": min_fractures,
+        "global": {k: baseline[k] for k in ("sensitivity", "specificity")},
+    }
+    for step in range(round((1.0 - target_sensitivity) * 100) + 1):
+        region_target = min(1.0, target_sensitivity + step / 100)
+        chosen = region_operating_points(
+            labels,
+            probabilities,
+            predicted_regions,
+            target_sensitivity=region_target,
+            min_fractures=min_fractures,
+        )
+        if not chosen:
+            report["kept"] = False
+            report["why"] = f"no predicted region has {min_fractures} fractured images"
+            return {}, report
+        effective = np.array([chosen.get(r, global_threshold) for r in predicted_regions])
+        point = operating_point(labels, probabilities, effective)
+        if (point["sensitivity"] or 0.0) >= target_sensitivity - 1e-9:
+            kept = (point["specificity"] or 0.0) > (baseline["specificity"] or 0.0)
+            report.update(
+                kept=kept,
+                region_target_sensitivity=round(region_target, 2),
+                thresholds=chosen,
+                with_region_thresholds={k: point[k] for k in ("sensitivity", "specificity")},
+            )
+            if not kept:
+                report["why"] = "no better specificity than the global threshold"
+            return (chosen if kept else {}), report
+    report.update(kept=False, why="overall sensitivity target unreachable with region thresholds")
+    return {}, report
 
 
 def make_checkpoint(
@@ -614,6 +665,65 @@ def _flip_tta_auroc(
     flipped_images = ImageSet(images.images.flip(-1), images.labels, images.paths)
     flipped = predict_logits(net, flipped_images, preset)[:, 0]
     return auroc(labels, (plain + flipped) / 2.0)
+
+
+def recalibrate(
+    model: Path,
+    data: Path,
+    *,
+    out: Path,
+    target_sensitivity: float = 0.90,
+    region_thresholds: bool = True,
+    min_region_fractures: int = MIN_FRACTURES_FOR_REGION_THRESHOLD,
+    threads: int = 2,
+) -> ckpt.Checkpoint:
+    """Fit temperature and threshold(s) of a trained checkpoint again, on a labelled folder.
+
+    On the validation split a model was trained with, this repeats training's last step (same
+    temperature and global threshold); on a site's own labelled images it moves the operating
+    point to that site's data. Weights are not touched.
+    """
+    torch.set_num_threads(max(1, threads))
+    checkpoint = ckpt.load(model)
+    images = load_images(scan(data), size=checkpoint.preset.size, exact=True, threads=threads)
+    labels = images.labels.numpy().astype(int)
+    net = checkpoint.build_network().to(memory_format=torch.channels_last)
+    outputs = predict_logits(net, images, checkpoint.preset)  # the prior offset is in the bias
+    region_targets = None
+    labels_csv = find_labels_csv(data)
+    if checkpoint.regions and labels_csv is not None:
+        info = read_labels(labels_csv)
+        index = {name: i for i, name in enumerate(checkpoint.regions)}
+        region_targets = np.array(
+            [index.get(k.region, -1) if (k := info.get(p.name)) else -1 for p in images.paths]
+        )
+    calibration = calibrate(
+        outputs,
+        labels,
+        pos_weight=1.0,
+        target_sensitivity=target_sensitivity,
+        regions=checkpoint.regions,
+        region_targets=region_targets,
+        region_thresholds=region_thresholds,
+        min_region_fractures=min_region_fractures,
+    )
+    checkpoint.temperature = calibration.temperature
+    checkpoint.threshold = calibration.threshold
+    checkpoint.region_thresholds = calibration.region_thresholds
+    checkpoint.extra["val_metrics"] = calibration.val_metrics
+    checkpoint.extra["recalibrated_on"] = {
+        "data": str(data),
+        "images": len(images),
+        "fractured": images.n_positive,
+        "target_sensitivity": target_sensitivity,
+    }
+    ckpt.save(checkpoint, out)
+    log.info(
+        "recalibrated %s → %s: temperature %.3f, threshold %.3f, region thresholds %s",
+        model, out, checkpoint.temperature, checkpoint.threshold,
+        checkpoint.region_thresholds or "none",
+    )  # fmt: skip
+    return checkpoint
 
 
 def _region_targets(

@@ -13,10 +13,17 @@ import torch
 
 from model import checkpoint as ckpt
 from model.data import scan
-from model.evaluate import evaluate, format_report
+from model.evaluate import evaluate, format_report, threshold_for_sensitivity
 from model.inference import Classifier
 from model.regions import REGIONS, disagrees, region_of_body_part
-from model.train import TrainConfig, calibrate, region_operating_points, train
+from model.train import (
+    TrainConfig,
+    calibrate,
+    choose_region_thresholds,
+    recalibrate,
+    region_operating_points,
+    train,
+)
 from tests.helpers import make_tiny_checkpoint
 from tests.unit.test_model_training import SIZE, make_image_folder
 
@@ -117,9 +124,51 @@ def test_region_operating_points_skip_regions_with_too_few_fractures() -> None:
         region_thresholds=True,
         min_region_fractures=25,
     )
-    assert set(calibration.region_thresholds) == {"hand"}
+    report = calibration.val_metrics["region_thresholds"]
     assert calibration.val_metrics["region_accuracy"] == 1.0
-    assert calibration.val_metrics["with_region_thresholds"]["sensitivity"] >= 0.9
+    if report["kept"]:
+        assert set(calibration.region_thresholds) == {"hand"}
+        assert report["with_region_thresholds"]["sensitivity"] >= 0.9
+        assert report["with_region_thresholds"]["specificity"] > report["global"]["specificity"]
+    else:
+        assert calibration.region_thresholds == {} and report["why"]
+
+
+def test_region_thresholds_keep_overall_sensitivity_or_are_dropped() -> None:
+    """Hand is easy, mixed hard: hand alone at 0.90 would pull overall sensitivity under 0.90,
+    so the per-region target rises until the whole set is back at 0.90."""
+    rng = np.random.default_rng(1)
+    regions = np.array(["hand"] * 300 + ["mixed"] * 100)
+    labels = np.r_[np.r_[np.ones(60), np.zeros(240)], np.r_[np.ones(20), np.zeros(80)]]
+    labels = labels.astype(int)
+    hand = regions == "hand"
+    scores = np.where(hand, labels * 0.5, labels * 0.15) + rng.uniform(0, 0.5, labels.size)
+    global_threshold = threshold_for_sensitivity(labels, scores, 0.9)
+    chosen, report = choose_region_thresholds(
+        labels,
+        scores,
+        regions,
+        global_threshold=global_threshold,
+        target_sensitivity=0.9,
+        min_fractures=25,
+    )
+    assert report["min_fractures"] == 25 and report["kept"] is True
+    assert set(chosen) == {"hand"}  # mixed has 20 fractures < 25: global threshold
+    assert report["region_target_sensitivity"] > 0.9  # raised to carry mixed
+    effective = np.where(hand, chosen["hand"], global_threshold)
+    assert (scores[labels == 1] >= effective[labels == 1]).mean() >= 0.9
+    assert report["with_region_thresholds"]["specificity"] > report["global"]["specificity"]
+
+    # Nothing gains: a single region covering everything is the global threshold again.
+    same, report = choose_region_thresholds(
+        labels,
+        scores,
+        np.array(["leg"] * labels.size),
+        global_threshold=global_threshold,
+        target_sensitivity=0.9,
+        min_fractures=25,
+    )
+    assert same == {} and report["kept"] is False
 
 
 @pytest.mark.parametrize(
@@ -181,6 +230,12 @@ def test_training_with_labels_csv_gives_a_two_head_model(tmp_path: Path) -> None
     assert "val_region_accuracy" in two.extra["history"][0]
     # Chosen per predicted region (what inference will see), so after one epoch any region.
     assert set(two.region_thresholds) <= set(two.regions)
+
+    # Recalibrating on the validation split it was trained with repeats training's last step.
+    again = recalibrate(tmp_path / "two.pt", root / "val", out=tmp_path / "again.pt")
+    assert again.temperature == pytest.approx(two.temperature, rel=1e-4)
+    assert again.threshold == pytest.approx(two.threshold, rel=1e-4)
+    assert again.regions == two.regions
 
     report = evaluate(root / "val", tmp_path / "two.pt", bootstrap=50)
     region = report["region"]

@@ -188,6 +188,13 @@ def calibrate_command(
         int,
         typer.Option("--min-region-fractures", min=1, help="fractures a region threshold needs"),
     ] = 25,
+    flip_tta: Annotated[
+        bool | None,
+        typer.Option(
+            "--flip-tta/--no-flip-tta",
+            help="score image + mirror image (twice the compute) [keep the file's mode]",
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads")] = 2,
 ) -> None:
     """Refit temperature and decision threshold(s) of a checkpoint on labelled images."""
@@ -206,6 +213,7 @@ def calibrate_command(
             target_sensitivity=target_sensitivity,
             region_thresholds=region_thresholds,
             min_region_fractures=min_region_fractures,
+            flip_tta=flip_tta,
             threads=threads,
         )
     except (DataError, CheckpointError, ValueError) as exc:
@@ -216,6 +224,7 @@ def calibrate_command(
         f"wrote {out} ({checkpoint.version}): temperature {checkpoint.temperature:.3f}, "
         f"threshold {checkpoint.threshold:.3f}"
         + (f", per region: {per_region}" if per_region else ", no per-region thresholds")
+        + (", flip TTA" if checkpoint.flip_tta else "")
     )
     typer.echo("Decision support only, not for clinical use.")
 

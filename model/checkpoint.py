@@ -40,6 +40,9 @@ class Checkpoint:
     # carry per-region decision thresholds; regions without one use `threshold`.
     regions: tuple[str, ...] = ()
     region_thresholds: dict[str, float] = field(default_factory=dict)
+    # Score each image as the mean of the network's outputs on it and on its mirror image; the
+    # temperature and thresholds above were fitted in the same mode.
+    flip_tta: bool = False
 
     def build_network(self) -> nn.Module:
         net = architectures.build(
@@ -61,6 +64,8 @@ class Checkpoint:
         meta += f"{self.threshold:.6f}|{self.temperature:.6f}"
         if self.regions:  # single-head versions stay what they were before region heads
             meta += f"|{self.regions}|{sorted(self.region_thresholds.items())}"
+        if self.flip_tta:
+            meta += "|flip_tta"
         digest.update(meta.encode())
         for name in sorted(self.state_dict):
             digest.update(name.encode())
@@ -81,6 +86,7 @@ class Checkpoint:
             "extra": _plain(self.extra),
             "regions": list(self.regions),
             "region_thresholds": {k: float(v) for k, v in self.region_thresholds.items()},
+            "flip_tta": self.flip_tta,
         }
 
     @classmethod
@@ -133,6 +139,7 @@ def load(path: Path) -> Checkpoint:
         region_thresholds={
             str(k): float(v) for k, v in dict(data.get("region_thresholds", {})).items()
         },
+        flip_tta=bool(data.get("flip_tta", False)),
     )
     unknown = set(checkpoint.region_thresholds) - set(checkpoint.regions)
     if unknown:

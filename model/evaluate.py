@@ -398,7 +398,7 @@ def evaluate(
         "arch": checkpoint.arch,
         "size": checkpoint.preset.size,
         "temperature": checkpoint.temperature,
-        "flip_tta": flip_tta,
+        "flip_tta": flip_tta or checkpoint.flip_tta,
         "regions": list(checkpoint.regions),
         "region_thresholds": dict(checkpoint.region_thresholds),
         "n_skipped": len(images.skipped),

@@ -47,7 +47,9 @@ def capture_activations(net: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
         parameter.requires_grad_(True)
 
     def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        captured["activations"] = output
+        # The first pass's: with flip TTA a second, mirrored pass follows; the gradient of the
+        # averaged logit with respect to the first pass is half the plain one, the same map.
+        captured.setdefault("activations", output)
 
     handle = layer.register_forward_hook(hook)
     try:

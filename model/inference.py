@@ -146,11 +146,19 @@ class Classifier:
         )
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, 1 + R) float logits: fracture, then the regions of a two-head checkpoint."""
+        """(N, 1 + R) float logits: fracture, then the regions of a two-head checkpoint; with
+        flip TTA, the mean over the image and its mirror image (the image itself goes first, so
+        Grad-CAM reads its activations)."""
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.net(batch).float()
-        return self.net(batch).float()
+                return self._outputs(batch).float()
+        return self._outputs(batch).float()
+
+    def _outputs(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self.net(batch)
+        if self.checkpoint.flip_tta:
+            out = (out + self.net(batch.flip(-1))) / 2.0
+        return out
 
     def _chunks(self, batch: torch.Tensor) -> list[torch.Tensor]:
         size = self.micro_batch or batch.shape[0]

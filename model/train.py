@@ -247,7 +247,12 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
 
 @torch.inference_mode()
 def predict_logits(
-    net: nn.Module, images: ImageSet, preset: Preset, batch_size: int = 64
+    net: nn.Module,
+    images: ImageSet,
+    preset: Preset,
+    batch_size: int = 64,
+    *,
+    flip_tta: bool = False,
 ) -> np.ndarray:
     """(N, 1 + R) raw outputs for exact-preprocessed images (what Classifier.all_logits gives);
     column 0 is the fracture logit."""
@@ -256,7 +261,10 @@ def predict_logits(
     for start in range(0, len(images), batch_size):
         batch = preset.normalise(images.as_float(slice(start, start + batch_size)))
         batch = batch.contiguous(memory_format=torch.channels_last)
-        out.append(net(batch).float())
+        outputs = net(batch).float()
+        if flip_tta:
+            outputs = (outputs + net(batch.flip(-1)).float()) / 2.0
+        out.append(outputs)
     return torch.cat(out).numpy()
 
 
@@ -675,20 +683,25 @@ def recalibrate(
     target_sensitivity: float = 0.90,
     region_thresholds: bool = True,
     min_region_fractures: int = MIN_FRACTURES_FOR_REGION_THRESHOLD,
+    flip_tta: bool | None = None,
     threads: int = 2,
 ) -> ckpt.Checkpoint:
     """Fit temperature and threshold(s) of a trained checkpoint again, on a labelled folder.
 
     On the validation split a model was trained with, this repeats training's last step (same
     temperature and global threshold); on a site's own labelled images it moves the operating
-    point to that site's data. Weights are not touched.
+    point to that site's data. `flip_tta` switches the inference mode (None keeps the file's),
+    and the fit is made in that mode. Weights are not touched.
     """
     torch.set_num_threads(max(1, threads))
     checkpoint = ckpt.load(model)
+    if flip_tta is not None:
+        checkpoint.flip_tta = flip_tta
     images = load_images(scan(data), size=checkpoint.preset.size, exact=True, threads=threads)
     labels = images.labels.numpy().astype(int)
     net = checkpoint.build_network().to(memory_format=torch.channels_last)
-    outputs = predict_logits(net, images, checkpoint.preset)  # the prior offset is in the bias
+    # The prior offset is already in the head bias.
+    outputs = predict_logits(net, images, checkpoint.preset, flip_tta=checkpoint.flip_tta)
     region_targets = None
     labels_csv = find_labels_csv(data)
     if checkpoint.regions and labels_csv is not None:
@@ -716,6 +729,7 @@ def recalibrate(
         "images": len(images),
         "fractured": images.n_positive,
         "target_sensitivity": target_sensitivity,
+        "flip_tta": checkpoint.flip_tta,
     }
     ckpt.save(checkpoint, out)
     log.info(

@@ -15,6 +15,17 @@ from fracture.settings import SHIPPED_MODEL
 log = logging.getLogger("fracture")
 
 
+# model.train.MIN_FRACTURES_FOR_REGION_THRESHOLD, without importing torch to build the CLI.
+MIN_REGION_FRACTURES = 25
+RegionThresholdsOpt = Annotated[
+    bool, typer.Option(help="per-region thresholds where the data has enough fractures")
+]
+MinRegionFracturesOpt = Annotated[
+    int,
+    typer.Option("--min-region-fractures", min=1, help="fractured images a region threshold needs"),
+]
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -63,15 +74,8 @@ def train_command(
             help="weight of the body-region loss (needs labels.csv); 0 = single-head model",
         ),
     ] = 0.5,
-    region_thresholds: Annotated[
-        bool, typer.Option(help="per-region thresholds where validation has enough fractures")
-    ] = True,
-    min_region_fractures: Annotated[
-        int,
-        typer.Option(
-            "--min-region-fractures", min=1, help="fractured val images a region threshold needs"
-        ),
-    ] = 25,
+    region_thresholds: RegionThresholdsOpt = True,
+    min_region_fractures: MinRegionFracturesOpt = MIN_REGION_FRACTURES,
     work_dir: Annotated[
         Path | None, typer.Option("--work-dir", help="resume state + best so far [runs/<out name>]")
     ] = None,
@@ -181,13 +185,8 @@ def calibrate_command(
     target_sensitivity: Annotated[
         float, typer.Option("--target-sensitivity", help="threshold chosen for this")
     ] = 0.90,
-    region_thresholds: Annotated[
-        bool, typer.Option(help="per-region thresholds where the data has enough fractures")
-    ] = True,
-    min_region_fractures: Annotated[
-        int,
-        typer.Option("--min-region-fractures", min=1, help="fractures a region threshold needs"),
-    ] = 25,
+    region_thresholds: RegionThresholdsOpt = True,
+    min_region_fractures: MinRegionFracturesOpt = MIN_REGION_FRACTURES,
     flip_tta: Annotated[
         bool | None,
         typer.Option(

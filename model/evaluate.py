@@ -6,6 +6,7 @@ expected calibration error and the per-region / without-hardware breakdowns, and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -190,31 +191,34 @@ def threshold_for_sensitivity(
 # ----------------------------------------------------------------------------- scoring a folder
 
 
-def predict_outputs(
-    checkpoint: ckpt.Checkpoint,
-    images: ImageSet,
-    *,
-    batch_size: int = 64,
-    flip_tta: bool = False,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Calibrated fracture probabilities, exactly as `Classifier` computes them, and the
-    predicted region of each image (None for a single-head checkpoint)."""
+def raw_outputs(
+    checkpoint: ckpt.Checkpoint, images: ImageSet, *, batch_size: int = 64
+) -> torch.Tensor:
+    """(N, 1 + R) raw outputs, exactly as `Classifier.all_logits` computes them in the
+    checkpoint's inference mode (flip TTA included)."""
     from model.inference import Classifier
 
     classifier = Classifier(checkpoint, device="cpu", decode_threads=1)
     preset = checkpoint.preset
-    out = []
     try:
-        for start in range(0, len(images), batch_size):
-            batch = preset.normalise(images.as_float(slice(start, start + batch_size)))
-            outputs = classifier.all_logits(batch)
-            if flip_tta:
-                outputs = (outputs + classifier.all_logits(batch.flip(-1))) / 2.0
-            out.append(outputs)
+        out = [
+            classifier.all_logits(
+                preset.normalise(images.as_float(slice(start, start + batch_size)))
+            )
+            for start in range(0, len(images), batch_size)
+        ]
     finally:
         classifier.close()
-    outputs = torch.cat(out) if out else torch.zeros(0, 1 + len(checkpoint.regions))
-    probabilities = torch.sigmoid(outputs[:, 0] / classifier.temperature).numpy()
+    return torch.cat(out) if out else torch.zeros(0, 1 + len(checkpoint.regions))
+
+
+def predict_outputs(
+    checkpoint: ckpt.Checkpoint, images: ImageSet, *, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Calibrated fracture probabilities, exactly as `Classifier` computes them, and the
+    predicted region of each image (None for a single-head checkpoint)."""
+    outputs = raw_outputs(checkpoint, images, batch_size=batch_size)
+    probabilities = torch.sigmoid(outputs[:, 0] / checkpoint.temperature).numpy()
     if not checkpoint.regions:
         return probabilities, None
     regions = np.asarray(checkpoint.regions)[outputs[:, 1:].argmax(dim=1).numpy()]
@@ -222,14 +226,10 @@ def predict_outputs(
 
 
 def predict_probabilities(
-    checkpoint: ckpt.Checkpoint,
-    images: ImageSet,
-    *,
-    batch_size: int = 64,
-    flip_tta: bool = False,
+    checkpoint: ckpt.Checkpoint, images: ImageSet, *, batch_size: int = 64
 ) -> np.ndarray:
     """Calibrated probabilities, exactly as `Classifier.probabilities` computes them."""
-    return predict_outputs(checkpoint, images, batch_size=batch_size, flip_tta=flip_tta)[0]
+    return predict_outputs(checkpoint, images, batch_size=batch_size)[0]
 
 
 def _subset(
@@ -383,8 +383,10 @@ def evaluate(
     torch.set_num_threads(max(1, threads))
     samples = scan(data)
     checkpoint = ckpt.load(model_path)
+    if flip_tta:  # the checkpoint's own inference mode, without refitting its calibration
+        checkpoint = dataclasses.replace(checkpoint, flip_tta=True)
     images = load_images(samples, size=checkpoint.preset.size, exact=True, threads=threads)
-    probabilities, predicted_regions = predict_outputs(checkpoint, images, flip_tta=flip_tta)
+    probabilities, predicted_regions = predict_outputs(checkpoint, images)
     labels = images.labels.numpy().astype(int)
     # Each image is judged at the threshold the product would use for it: its predicted
     # region's own where the checkpoint has one, the global threshold elsewhere.
@@ -398,7 +400,7 @@ def evaluate(
         "arch": checkpoint.arch,
         "size": checkpoint.preset.size,
         "temperature": checkpoint.temperature,
-        "flip_tta": flip_tta or checkpoint.flip_tta,
+        "flip_tta": checkpoint.flip_tta,
         "regions": list(checkpoint.regions),
         "region_thresholds": dict(checkpoint.region_thresholds),
         "n_skipped": len(images.skipped),

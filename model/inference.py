@@ -125,11 +125,6 @@ class Classifier:
 
         return [self._pool.submit(one, source) for source in sources]
 
-    @property
-    def chunk_size(self) -> int | None:
-        """Images per forward pass: the CPU micro-batch, or None (whole batch) on a GPU."""
-        return self.micro_batch or None
-
     def warm_up(self, batch_size: int = 16) -> float:
         """Run the network on blank inputs so the first real batch does not pay for kernel
         selection and memory allocation (measured: the first CPU batch of 16 took 981 ms, later

@@ -13,10 +13,12 @@ also get their own threshold for the same target sensitivity.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,12 @@ from tqdm import tqdm
 
 from model import architectures
 from model import checkpoint as ckpt
-from model.data import ImageSet, find_labels_csv, load_images, read_labels, scan
+from model.data import ImageInfo, ImageSet, find_labels_csv, load_images, read_labels, scan
 from model.evaluate import (
     auroc,
     expected_calibration_error,
     operating_point,
+    raw_outputs,
     threshold_for_sensitivity,
 )
 from model.preprocess import Preset
@@ -247,24 +250,16 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
 
 @torch.inference_mode()
 def predict_logits(
-    net: nn.Module,
-    images: ImageSet,
-    preset: Preset,
-    batch_size: int = 64,
-    *,
-    flip_tta: bool = False,
+    net: nn.Module, images: ImageSet, preset: Preset, batch_size: int = 64
 ) -> np.ndarray:
-    """(N, 1 + R) raw outputs for exact-preprocessed images (what Classifier.all_logits gives);
+    """(N, 1 + R) raw outputs of a network being trained, for exact-preprocessed images;
     column 0 is the fracture logit."""
     net.eval()
     out = []
     for start in range(0, len(images), batch_size):
         batch = preset.normalise(images.as_float(slice(start, start + batch_size)))
         batch = batch.contiguous(memory_format=torch.channels_last)
-        outputs = net(batch).float()
-        if flip_tta:
-            outputs = (outputs + net(batch.flip(-1)).float()) / 2.0
-        out.append(outputs)
+        out.append(net(batch).float())
     return torch.cat(out).numpy()
 
 
@@ -667,12 +662,8 @@ def _flip_tta_auroc(
     checkpoint: ckpt.Checkpoint, images: ImageSet, labels: np.ndarray
 ) -> float | None:
     """What averaging with a horizontally flipped copy would give (informational only)."""
-    net = checkpoint.build_network().to(memory_format=torch.channels_last)
-    preset = checkpoint.preset
-    plain = predict_logits(net, images, preset)[:, 0]
-    flipped_images = ImageSet(images.images.flip(-1), images.labels, images.paths)
-    flipped = predict_logits(net, flipped_images, preset)[:, 0]
-    return auroc(labels, (plain + flipped) / 2.0)
+    outputs = raw_outputs(dataclasses.replace(checkpoint, flip_tta=True), images)
+    return auroc(labels, outputs[:, 0].numpy())
 
 
 def recalibrate(
@@ -699,16 +690,13 @@ def recalibrate(
         checkpoint.flip_tta = flip_tta
     images = load_images(scan(data), size=checkpoint.preset.size, exact=True, threads=threads)
     labels = images.labels.numpy().astype(int)
-    net = checkpoint.build_network().to(memory_format=torch.channels_last)
-    # The prior offset is already in the head bias.
-    outputs = predict_logits(net, images, checkpoint.preset, flip_tta=checkpoint.flip_tta)
+    # In the checkpoint's inference mode; the prior offset is already in the head bias.
+    outputs = raw_outputs(checkpoint, images).numpy()
     region_targets = None
     labels_csv = find_labels_csv(data)
     if checkpoint.regions and labels_csv is not None:
-        info = read_labels(labels_csv)
-        index = {name: i for i, name in enumerate(checkpoint.regions)}
         region_targets = np.array(
-            [index.get(k.region, -1) if (k := info.get(p.name)) else -1 for p in images.paths]
+            region_indices(images.paths, read_labels(labels_csv), checkpoint.regions)
         )
     calibration = calibrate(
         outputs,
@@ -755,26 +743,25 @@ def _region_targets(
             log.info("no labels.csv beside the data: training a single-head model")
         return (), *empty
     info = read_labels(labels_csv)
-
-    def region_of(path: Path) -> str | None:
-        known = info.get(path.name)
-        return known.region if known is not None and known.region != "unknown" else None
-
-    names = tuple(sorted({r for p in train_set.paths if (r := region_of(p)) is not None}))
+    found = {known.region for p in train_set.paths if (known := info.get(p.name)) is not None}
+    names = tuple(sorted(found - {"unknown"}))
     if len(names) < 2:
         log.info("labels.csv names fewer than two regions: training a single-head model")
         return (), *empty
-    index = {name: i for i, name in enumerate(names)}
-
-    def targets(images: ImageSet) -> list[int]:
-        return [index.get(region_of(p) or "", -1) for p in images.paths]
-
     log.info("region head over %s (%s)", ", ".join(names), labels_csv)
     return (
         names,
-        torch.tensor(targets(train_set), dtype=torch.long),
-        np.array(targets(val_set), dtype=np.int64),
+        torch.tensor(region_indices(train_set.paths, info, names), dtype=torch.long),
+        np.array(region_indices(val_set.paths, info, names), dtype=np.int64),
     )
+
+
+def region_indices(
+    paths: Sequence[Path], info: dict[str, ImageInfo], names: Sequence[str]
+) -> list[int]:
+    """Each image's index in `names` by its labels.csv region; -1 where unlisted or unknown."""
+    index = {name: i for i, name in enumerate(names)}
+    return [index.get(known.region, -1) if (known := info.get(p.name)) else -1 for p in paths]
 
 
 def _extra(

@@ -146,7 +146,7 @@ class BatchProcessor:
         to `outcome.failed`; the rest come back in order with their results and maps."""
         readable = [s for s in sources if isinstance(s, bytes)]
         futures = iter(self.classifier.prepare_async(readable))
-        chunk = self.classifier.chunk_size or len(claimed)
+        chunk = self.classifier.micro_batch or len(claimed)  # 0 on a GPU: the whole batch
         good: list[tuple[Claimed, Prepared]] = []
         results: list[Result] = []
         maps: dict[int, np.ndarray] = {}

@@ -253,3 +253,10 @@ def test_training_with_labels_csv_gives_a_two_head_model(tmp_path: Path) -> None
     )
     assert one.regions == () and one.region_thresholds == {}
     assert "region" not in evaluate(root / "val", tmp_path / "one.pt", bootstrap=0)
+
+
+def test_cli_default_minimum_matches_training() -> None:
+    from fracture.model_commands import MIN_REGION_FRACTURES
+    from model.train import MIN_FRACTURES_FOR_REGION_THRESHOLD
+
+    assert MIN_REGION_FRACTURES == MIN_FRACTURES_FOR_REGION_THRESHOLD

@@ -77,9 +77,13 @@ def measure_limit(classifier: Classifier, files: list[Path], batch_size: int) ->
 
 
 # -- 3. the naive loop ------------------------------------------------------------------------
-def measure_naive(classifier: Classifier, files: list[Path], limit_s: float = 12) -> float:
+def measure_naive(
+    classifier: Classifier, files: list[Path], *, mirror: bool, limit_s: float = 12
+) -> float:
     """The original single-image app: open, resize, run the network as the checkpoint builds it
-    (no inference rewrites, default memory format) on a batch of one, repeat."""
+    (PyTorch, no inference rewrites, default memory format) on a batch of one, repeat. With
+    `mirror` it also runs the mirror image and averages, as a flip-TTA checkpoint is defined:
+    the same answers the pipeline gives, got the simple way."""
     from PIL import Image
     from torchvision.transforms import functional as TF
 
@@ -93,7 +97,11 @@ def measure_naive(classifier: Classifier, files: list[Path], limit_s: float = 12
                     (preset.size, preset.size), Image.Resampling.BILINEAR
                 )
             tensor = TF.normalize(TF.to_tensor(rgb), list(preset.mean), list(preset.std))
-            torch.sigmoid(net(tensor[None].to(classifier.device))[:, 0] / classifier.temperature)
+            one = tensor[None].to(classifier.device)
+            logit = net(one)[:, 0]
+            if mirror:
+                logit = (logit + net(one.flip(-1))[:, 0]) / 2
+            torch.sigmoid(logit / classifier.temperature)
             count += 1
             if time.perf_counter() - started > limit_s:
                 break
@@ -267,6 +275,7 @@ def run(
     images: Path | None,
     n: int,
     device: str,
+    runtime: str,
     model: Path,
     batch_size: int,
     batch_interval_ms: int,
@@ -281,30 +290,40 @@ def run(
         # This VM's speed drifts by tens of percent within minutes, so the in-process figures are
         # taken before and after the pipeline run and averaged: the ratios then compare like
         # with like.
-        classifier = Classifier.load(model, device=device)
-        limits = [measure_limit(classifier, files, batch_size)]
-        naives = [measure_naive(classifier, files)]
-        resolved_device = str(classifier.device)
-        version = classifier.version
-        classifier.close()
-        del classifier
+        limits: list[float] = []
+        naives: list[float] = []
+        one_pass: list[float] = []
+
+        def measure_in_process() -> dict[str, Any]:
+            classifier = Classifier.load(model, device=device, runtime=runtime)
+            flip_tta = classifier.checkpoint.flip_tta
+            limits.append(measure_limit(classifier, files, batch_size))
+            naives.append(measure_naive(classifier, files, mirror=flip_tta))
+            if flip_tta:
+                one_pass.append(measure_naive(classifier, files, mirror=False))
+            classifier.close()
+            return {
+                "device": str(classifier.device),
+                "runtime": classifier.runtime,
+                "flip_tta": flip_tta,
+                "model_version": classifier.version,
+            }
+
+        first = measure_in_process()
         common: dict[str, Any] = {
             "batch_size": batch_size,
             "batch_interval_ms": batch_interval_ms,
             "heatmaps": heatmaps,
+            "runtime": runtime,
         }
         bulk = run_pipeline(model, device, files, **common)
-        classifier = Classifier.load(model, device=device)
-        limits.append(measure_limit(classifier, files, batch_size))
-        naives.append(measure_naive(classifier, files))
-        classifier.close()
-        del classifier
+        measure_in_process()
         limit, naive = statistics.fmean(limits), statistics.fmean(naives)
+        resolved_device = first["device"]
         result: dict[str, Any] = {
-            "device": resolved_device,
+            **first,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"
             + (f", {torch.cuda.get_device_name()}" if resolved_device.startswith("cuda") else ""),
-            "model_version": version,
             "n": n,
             "batch_size": batch_size,
             "batch_interval_ms": batch_interval_ms,
@@ -322,6 +341,11 @@ def run(
             "worker_rss_mb": round(bulk.worker_rss_mb, 1),
             "cpu_percent": round(bulk.cpu_percent, 1),
         }
+        if one_pass:
+            # The original app scored one pass per image; a flip-TTA model scores two.
+            naive_one_pass = statistics.fmean(one_pass)
+            result["naive_one_pass_ips"] = round(naive_one_pass, 2)
+            result["pipeline_over_naive_one_pass"] = round(bulk.ips / naive_one_pass, 3)
         if trickle:
             slow = run_pipeline(model, device, files[:trickle], interval_s=1.0, **common)
             result.update(
@@ -330,19 +354,18 @@ def run(
                 trickle_p95_ms=round(slow.percentile(95), 1),
             )
         if sweep:
-            result["sweep"] = run_sweep(model, device, files, heatmaps, plot)
+            result["sweep"] = run_sweep(model, device, files, plot, **common)
     return result
 
 
 def run_sweep(
-    model: Path, device: str, files: list[Path], heatmaps: str, plot: Path | None
+    model: Path, device: str, files: list[Path], plot: Path | None, **settings: Any
 ) -> list[dict[str, Any]]:
     """Throughput by batch size (bulk drop) and p95 latency by flush interval (2 files/s)."""
     rows = []
     for batch_size in (1, 4, 16, 32):
-        bulk = run_pipeline(
-            model, device, files, batch_size=batch_size, batch_interval_ms=250, heatmaps=heatmaps
-        )
+        sized = settings | {"batch_size": batch_size, "batch_interval_ms": 250}
+        bulk = run_pipeline(model, device, files, **sized)
         rows.append(
             {
                 "kind": "bulk",
@@ -358,9 +381,7 @@ def run_sweep(
             device,
             files[:20],
             interval_s=0.5,
-            batch_size=16,
-            batch_interval_ms=interval,
-            heatmaps=heatmaps,
+            **(settings | {"batch_size": 16, "batch_interval_ms": interval}),
         )
         rows.append(
             {
@@ -411,7 +432,8 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"device {result['device']} ({result['machine']}), model {result['model_version']}, "
+        f"device {result['device']} ({result['machine']}, {result['runtime']}), "
+        f"model {result['model_version']}{' with flip TTA' if result['flip_tta'] else ''}, "
         f"{result['n']} images, batch {result['batch_size']}, heatmaps {result['heatmaps']}",
         f"{'limit (forward only)':<28}{result['limit_ips']:>10.1f} img/s   "
         f"(before / after the pipeline: {' / '.join(map(str, result['limit_ips_before_after']))})",
@@ -419,6 +441,14 @@ def table(result: dict[str, Any]) -> str:
         f"{result['pipeline_over_limit']:.2f}× limit, {result['pipeline_over_naive']:.2f}× naive",
         f"{'naive (one at a time)':<28}{result['naive_ips']:>10.1f} img/s   "
         f"(before / after: {' / '.join(map(str, result['naive_ips_before_after']))})",
+        *(
+            [
+                f"{'naive, one pass (no TTA)':<28}{result['naive_one_pass_ips']:>10.1f} img/s   "
+                f"{result['pipeline_over_naive_one_pass']:.2f}× for the pipeline"
+            ]
+            if "naive_one_pass_ips" in result
+            else []
+        ),
         f"{'arrival→stored':<28}p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms, "
         f"p99 {result['p99_ms']:.0f} ms (bulk drop)",
         f"{'worker peak RSS':<28}{result['worker_rss_mb']:>10.0f} MB, "

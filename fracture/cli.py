@@ -171,7 +171,9 @@ def predict(
 
     settings = build_settings(model_path=model, device=device)
     setup_logging("WARNING")
-    classifier = Classifier.load(settings.resolved_model_path, device=settings.device)
+    classifier = Classifier.load(
+        settings.resolved_model_path, device=settings.device, runtime=settings.runtime
+    )
     sources: list[Path | bytes] = []
     for path in files:  # each file is read once: hashed, then decoded from these bytes
         try:
@@ -279,6 +281,9 @@ def bench(
     ] = None,
     n: Annotated[int, typer.Option(min=1, help="images, cycled from the folder")] = 1024,
     device: DeviceOpt = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="auto | torch | onnx [FRACTURE_RUNTIME]")
+    ] = None,
     model: ModelOpt = None,
     batch_size: Annotated[int | None, typer.Option(help="[FRACTURE_BATCH_SIZE]")] = None,
     heatmaps: Annotated[
@@ -294,7 +299,7 @@ def bench(
     from bench import pipeline as benchmark
 
     settings = build_settings(
-        model_path=model, device=device, batch_size=batch_size, heatmaps=heatmaps
+        model_path=model, device=device, runtime=runtime, batch_size=batch_size, heatmaps=heatmaps
     )
     setup_logging("WARNING")
     if images is not None and not images.is_dir():
@@ -304,6 +309,7 @@ def bench(
             images=images,
             n=n,
             device=settings.device,
+            runtime=settings.runtime,
             model=settings.resolved_model_path,
             batch_size=settings.batch_size,
             batch_interval_ms=settings.batch_interval_ms,

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     model_path: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="auto: ONNX Runtime on CPU where the network allows, else PyTorch"
+    )
 
     batch_size: int = Field(16, description="images per inference batch")
     batch_interval_ms: int = Field(250, description="longest wait before a partial batch runs")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -118,6 +119,45 @@ def with_region_head(net: nn.Module, regions: int) -> TwoHeads:
 def backbone(net: nn.Module) -> nn.Module:
     """The feature network under the heads (the network itself when single-headed)."""
     return net.body if isinstance(net, TwoHeads) else net
+
+
+def _efficientnet(body: nn.Module) -> Any:
+    """efficientnet_lite_pytorch's EfficientNet, whose attributes are untyped."""
+    return body
+
+
+def tail(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The network after its last convolution, as a function of that convolution's output
+    (to the same (N, 1 + R) outputs), for the networks whose layout is known here; else None.
+    It leaves its input unchanged, so gradients can be taken with respect to it."""
+    body = backbone(net)
+    body_tail: Callable[[torch.Tensor], torch.Tensor]
+    if isinstance(body, SeedCNN):
+        start = 1 + max(i for i, m in enumerate(body.features) if isinstance(m, nn.Conv2d))
+        # The ReLU after the last convolution works in place, so the activations a hook sees
+        # there (and Grad-CAM reads) are already rectified: the tail starts after it.
+        if isinstance(body.features[start], nn.ReLU) and body.features[start].inplace:
+            start += 1
+        rest = body.features[start:]
+        body_tail = lambda a: body.classifier(rest(a))  # noqa: E731
+    elif hasattr(body, "_conv_head") and not _efficientnet(body)._global_params.local_pooling:
+        efficientnet = _efficientnet(body)
+
+        def body_tail(a: torch.Tensor) -> torch.Tensor:
+            x = efficientnet._swish(efficientnet._bn1(a))
+            return efficientnet._fc(efficientnet._dropout(efficientnet._avg_pooling(x).flatten(1)))
+
+    else:
+        return None
+    if isinstance(net, TwoHeads):
+        heads = net
+
+        def two_heads(a: torch.Tensor) -> torch.Tensor:
+            features = body_tail(a)
+            return torch.cat([heads.fracture(features), heads.region(features)], dim=1)
+
+        return two_heads
+    return body_tail
 
 
 def available() -> list[str]:

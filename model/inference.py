@@ -14,12 +14,14 @@ import numpy as np
 import torch
 
 from model import checkpoint as ckpt
-from model import optimise
+from model import onnx_engine, optimise
 from model.decode import DEFAULT_MAX_PIXELS, Decoded, DecodeError, decode
+from model.onnx_engine import OnnxNetwork
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CPU_MICRO_BATCH = 4
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Classifier:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         patient_salt: str | None = None,
         micro_batch: int | None = None,
+        runtime: str = "auto",
     ) -> None:
         self.patient_salt = patient_salt
         self.checkpoint = checkpoint
@@ -74,6 +77,7 @@ class Classifier:
         # CPU); channels-last roughly doubles CPU throughput of depthwise-conv networks.
         self.net = optimise.for_inference(checkpoint.build_network()).to(self.device)
         self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.onnx = self._onnx_network(runtime)
         # On CPU, forward passes of more than a few images overflow the caches: EfficientNet-
         # Lite0 at 256 px ran 46 img/s in chunks of 4 but 26 img/s in one batch of 16 on a
         # 2-core machine. A queue batch is therefore run in micro-batches; GPUs take it whole.
@@ -84,14 +88,43 @@ class Classifier:
         self.micro_batch = micro_batch
         self._pool = ThreadPoolExecutor(max_workers=max(1, decode_threads))
 
+    def _onnx_network(self, runtime: str) -> OnnxNetwork | None:
+        """ONNX Runtime on the CPU where it can run this network (`auto`), always (`onnx`,
+        an error if it cannot) or never (`torch`)."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+        if runtime == "torch" or (runtime == "auto" and self.device.type != "cpu"):
+            return None
+        if self.device.type != "cpu":
+            raise ValueError("runtime onnx runs on the CPU only; use auto or torch with cuda")
+        if not onnx_engine.available():
+            if runtime == "onnx":
+                raise ValueError("runtime onnx needs the onnx and onnxruntime packages")
+            return None
+        try:
+            network = OnnxNetwork(self.net, self.preset.size, threads=torch.get_num_threads())
+        except onnx_engine.UnsupportedNetwork as exc:
+            if runtime == "onnx":
+                raise
+            log.info("running the model in PyTorch: %s", exc)
+            return None
+        for parameter in self.net.parameters():  # PyTorch now runs only the tail, for Grad-CAM
+            parameter.requires_grad_(False)
+        return network
+
+    @property
+    def runtime(self) -> str:
+        return "onnx" if self.onnx else "torch"
+
     @classmethod
     def load(cls, path: Path, *, device: str = "auto", **kwargs: Any) -> Classifier:
         started = time.perf_counter()
         classifier = cls(ckpt.load(path), device=device, **kwargs)
         log.info(
-            "model %s loaded on %s in %.1f s",
+            "model %s loaded on %s (%s) in %.1f s",
             classifier.version,
             classifier.device,
+            classifier.runtime,
             time.perf_counter() - started,
         )
         return classifier
@@ -150,10 +183,22 @@ class Classifier:
         return self._outputs(batch).float()
 
     def _outputs(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.onnx:
+            return self._onnx_outputs(batch)[0]
         out = self.net(batch)
         if self.checkpoint.flip_tta:
             out = (out + self.net(batch.flip(-1))) / 2.0
         return out
+
+    def _onnx_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ONNX Runtime outputs (averaged with the mirror image's under flip TTA, both in one
+        call) and the last convolution's activations for the images themselves."""
+        assert self.onnx is not None
+        n = batch.shape[0]
+        if not self.checkpoint.flip_tta:
+            return self.onnx.run(batch)
+        outputs, activations = self.onnx.run(torch.cat([batch, batch.flip(-1)]))
+        return (outputs[:n] + outputs[n:]) / 2.0, activations[:n]
 
     def _chunks(self, batch: torch.Tensor) -> list[torch.Tensor]:
         size = self.micro_batch or batch.shape[0]
@@ -197,33 +242,56 @@ class Classifier:
     ) -> tuple[list[Result], dict[int, np.ndarray]]:
         """Results plus Grad-CAM maps from the same forward pass, for positive rows
         (`positive`), every row (`all`) or none (`none`: plain inference)."""
-        from model import explain as cam
-
         if explain == "none":
             return self.predict(batch), {}
         if explain not in ("positive", "all"):
             raise ValueError(f"explain must be positive, all or none, not {explain!r}")
         self.net.eval()
+        explained = self._onnx_explained if self.onnx else self._torch_explained
         results: list[Result] = []
         maps: dict[int, np.ndarray] = {}
         for chunk in self._chunks(batch):
-            offset = len(results)
-            with cam.capture_activations(self.net) as captured:
-                outputs = self._forward(self._to_device(chunk))
-                logits = outputs[:, 0]
-                chunk_results = self.results(outputs)
-                rows = [
-                    i
-                    for i, r in enumerate(chunk_results)
-                    if explain == "all" or r.label == self.checkpoint.class_names[1]
-                ]
-                for row, grid in zip(
-                    rows, cam.cams(logits, captured["activations"], rows), strict=True
-                ):
-                    maps[offset + row] = grid
+            chunk_results, chunk_maps = explained(chunk, explain)
+            maps.update({len(results) + row: grid for row, grid in chunk_maps.items()})
             results.extend(chunk_results)
         assert len(results) == batch.shape[0], "one result per input"
         return results, maps
+
+    def _torch_explained(
+        self, chunk: torch.Tensor, explain: str
+    ) -> tuple[list[Result], dict[int, np.ndarray]]:
+        """Results and Grad-CAM from one PyTorch pass, gradients tracked from the last
+        convolution on."""
+        from model import explain as cam
+
+        with cam.capture_activations(self.net) as captured:
+            outputs = self._forward(self._to_device(chunk))
+            results = self.results(outputs)
+            rows = self._positive_rows(results, explain)
+            grids = cam.cams(outputs[:, 0], captured["activations"], rows)
+        return results, dict(zip(rows, grids, strict=True))
+
+    def _positive_rows(self, results: list[Result], explain: str) -> list[int]:
+        positive = self.checkpoint.class_names[1]
+        return [i for i, r in enumerate(results) if explain == "all" or r.label == positive]
+
+    def _onnx_explained(
+        self, chunk: torch.Tensor, explain: str
+    ) -> tuple[list[Result], dict[int, np.ndarray]]:
+        """Results from ONNX Runtime; Grad-CAM from its activations through the PyTorch tail."""
+        from model import explain as cam
+
+        assert self.onnx is not None
+        outputs, activations = self._onnx_outputs(chunk)
+        results = self.results(outputs)
+        rows = self._positive_rows(results, explain)
+        if not rows:
+            return results, {}
+        with torch.enable_grad():
+            tracked = activations[rows].clone().requires_grad_(True)
+            logits = self.onnx.tail(tracked)[:, 0]
+            grids = cam.cams(logits, tracked, list(range(len(rows))))
+        return results, dict(zip(rows, grids, strict=True))
 
     def result(
         self, probability: float, region: str | None = None, region_probability: float | None = None

@@ -22,6 +22,7 @@ def build_processor(settings: Settings) -> BatchProcessor:
     classifier = Classifier.load(
         settings.resolved_model_path,
         device=settings.device,
+        runtime=settings.runtime,
         max_pixels=settings.max_pixels,
         patient_salt=settings.patient_salt.get_secret_value() if settings.patient_salt else None,
     )

@@ -26,7 +26,7 @@ def test_bench_json_reports_limit_pipeline_and_naive(tiny_model: Path, tmp_path:
         "p50_ms", "p95_ms", "p99_ms", "worker_rss_mb", "device", "batch_size", "trickle_p95_ms",
     ):  # fmt: skip
         assert key in result, key
-    assert result["n"] == 24 and result["device"] == "cpu"
+    assert result["n"] == 24 and result["device"] == "cpu" and result["runtime"] == "onnx"
     assert result["pipeline_ips"] > 0 and result["limit_ips"] > 0 and result["naive_ips"] > 0
     assert result["pipeline_over_limit"] == round(result["pipeline_ips"] / result["limit_ips"], 3)
     assert result["worker_rss_mb"] > 100  # the sampler really read the worker process

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from fracture.settings import SHIPPED_MODEL
@@ -70,3 +71,28 @@ def test_shipped_model_scores_validation_images(val_subset: tuple[list[Path], np
         assert np.mean(correct) >= REGION_ACCURACY_FLOOR
     # The stored threshold still catches most fractures on this subset.
     assert (probabilities[labels == 1] >= classifier.threshold).mean() >= 0.8
+
+
+@pytest.mark.parametrize(
+    "model_file", [SHIPPED_MODEL, SHIPPED_MODEL.with_name("fracture-single-pass.pt")]
+)
+def test_shipped_models_give_the_same_answers_in_onnx_runtime_and_pytorch(model_file: Path) -> None:
+    """The CPU default (ONNX Runtime) against PyTorch, on the radiographs shipped with the tests:
+    same labels and regions, probabilities and Grad-CAM maps equal to float rounding."""
+    from tests.helpers import sample_images
+
+    checkpoint = ckpt.load(model_file)
+    onnx = Classifier(checkpoint, device="cpu", runtime="onnx")
+    plain = Classifier(checkpoint, device="cpu", runtime="torch")
+    try:
+        prepared = onnx.prepare_many(sample_images())
+        batch = torch.stack([p.tensor for p in prepared])  # type: ignore[union-attr]
+        got, got_maps = onnx.predict_explained(batch, "all")
+        want, want_maps = plain.predict_explained(batch, "all")
+    finally:
+        onnx.close()
+        plain.close()
+    assert [(r.label, r.region) for r in got] == [(r.label, r.region) for r in want]
+    assert [r.probability for r in got] == pytest.approx([r.probability for r in want], abs=1e-4)
+    for row, grid in want_maps.items():
+        np.testing.assert_allclose(got_maps[row], grid, atol=5e-3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,14 +141,6 @@ class Classifier:
 
     def prepare_many(self, sources: Sequence[Path | bytes]) -> list[Prepared | DecodeError]:
         """Decode in a thread pool (Pillow releases the GIL); errors come back in place."""
-        return [future.result() for future in self.prepare_async(sources)]
-
-    def prepare_async(
-        self, sources: Sequence[Path | bytes]
-    ) -> list[Future[Prepared | DecodeError]]:
-        """Start decoding every source in the thread pool; each future holds the prepared
-        input or its DecodeError. Callers can run the network on the first images while the
-        rest are still being decoded."""
 
         def one(source: Path | bytes) -> Prepared | DecodeError:
             try:
@@ -156,7 +148,7 @@ class Classifier:
             except DecodeError as exc:
                 return exc
 
-        return [self._pool.submit(one, source) for source in sources]
+        return list(self._pool.map(one, sources))
 
     def warm_up(self, batch_size: int = 16) -> float:
         """Run the network on blank inputs so the first real batch does not pay for kernel

@@ -449,7 +449,7 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"device {result['device']} ({result['machine']}, {result['runtime']}), "
+        f"device {result['device']} ({result['machine']}), runtime {result['runtime']}, "
         f"model {result['model_version']}{' with flip TTA' if result['flip_tta'] else ''}, "
         f"{result['n']} images, batch {result['batch_size']}, heatmaps {result['heatmaps']}",
         f"{'limit (forward only)':<28}{result['limit_ips']:>10.1f} img/s   "

@@ -22,7 +22,7 @@ from worker.processing import BatchProcessor
 
 
 @pytest.mark.parametrize("micro_batch", [3, 0])
-def test_streamed_batch_matches_one_image_at_a_time(
+def test_batch_matches_one_image_at_a_time(
     tmp_path: Path, database_url: str, tiny_model: Path, micro_batch: int
 ) -> None:
     files = {path.name: path.read_bytes() for path in sample_images()}

@@ -70,10 +70,11 @@ def main() -> None:
     from db.migrate import upgrade  # noqa: F401  (import errors surface early)
     from model.checkpoint import CheckpointError
     from model.decode import DecodeError
+    from model.inference import ClassifierError
 
     try:
         app()
-    except (UserError, CheckpointError, DecodeError) as exc:
+    except (UserError, CheckpointError, DecodeError, ClassifierError) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
 

@@ -24,6 +24,10 @@ DEFAULT_CPU_MICRO_BATCH = 4
 RUNTIMES = ("auto", "torch", "onnx")
 
 
+class ClassifierError(ValueError):
+    """A model that cannot be set up as asked: its device or runtime is not available here."""
+
+
 @dataclass(frozen=True)
 class Result:
     label: str
@@ -43,9 +47,9 @@ class Prepared:
 
 def resolve_device(requested: str) -> torch.device:
     if requested not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, not {requested!r}")
+        raise ClassifierError(f"device must be auto, cpu or cuda, not {requested!r}")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("FRACTURE_DEVICE=cuda but no CUDA device is available")
+        raise ClassifierError("FRACTURE_DEVICE=cuda but no CUDA device is available")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
@@ -92,20 +96,21 @@ class Classifier:
         """ONNX Runtime on the CPU where it can run this network (`auto`), always (`onnx`,
         an error if it cannot) or never (`torch`)."""
         if runtime not in RUNTIMES:
-            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+            raise ClassifierError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         if runtime == "torch" or (runtime == "auto" and self.device.type != "cpu"):
             return None
         if self.device.type != "cpu":
-            raise ValueError("runtime onnx runs on the CPU only; use auto or torch with cuda")
+            raise ClassifierError("runtime onnx runs on the CPU only; use auto or torch with cuda")
         if not onnx_engine.available():
             if runtime == "onnx":
-                raise ValueError("runtime onnx needs the onnx and onnxruntime packages")
+                raise ClassifierError("runtime onnx needs the onnx and onnxruntime packages")
             return None
         try:
             network = OnnxNetwork(self.net, self.preset.size, threads=torch.get_num_threads())
         except onnx_engine.UnsupportedNetwork as exc:
             if runtime == "onnx":
-                raise
+                message = f"FRACTURE_RUNTIME=onnx cannot run this model: {exc}"
+                raise ClassifierError(message) from exc
             log.info("running the model in PyTorch: %s", exc)
             return None
         for parameter in self.net.parameters():  # PyTorch now runs only the tail, for Grad-CAM

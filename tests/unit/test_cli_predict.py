@@ -37,3 +37,37 @@ def test_predict_json_lines(tmp_path: Path) -> None:
     assert text.exit_code == 0
     assert ", leg 100%" in text.output or ", leg 99%" in text.output
     assert "not for clinical use" in text.output
+
+
+def test_a_model_that_cannot_be_set_up_as_asked_is_one_line_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    import torch
+
+    from model import architectures, checkpoint
+    from model.preprocess import Preset
+    from tests.helpers import fracture_cli, fracture_env
+
+    torch.manual_seed(0)
+    resnet = checkpoint.save(
+        checkpoint.Checkpoint.from_network(
+            "resnet18", architectures.build("resnet18"), preset=Preset(size=64)
+        ),
+        tmp_path / "resnet.pt",
+    )
+    cases = [({"runtime": "onnx"}, "FRACTURE_RUNTIME=onnx cannot run this model")]
+    if not torch.cuda.is_available():
+        cases.append(({"device": "cuda"}, "FRACTURE_DEVICE=cuda but no CUDA device"))
+    for settings, message in cases:
+        completed = subprocess.run(
+            [*fracture_cli("predict", str(sample_images()[0])), "--model", str(resnet)],
+            env=fracture_env(**settings),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert completed.returncode == 2, completed.stderr
+        assert completed.stderr.startswith(f"error: {message}"), completed.stderr
+        assert "Traceback" not in completed.stderr

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from model import architectures, onnx_engine
+from model import architectures
 from model.checkpoint import Checkpoint, load
-from model.inference import Classifier
+from model.inference import Classifier, ClassifierError
 from model.preprocess import Preset
 from tests.helpers import make_tiny_checkpoint
 
@@ -93,12 +93,12 @@ def test_auto_picks_onnx_on_cpu_and_falls_back_for_unknown_networks() -> None:
     )
     assert architectures.tail(resnet.build_network()) is None
     assert Classifier(resnet, device="cpu").runtime == "torch"
-    with pytest.raises(onnx_engine.UnsupportedNetwork, match="no known split"):
+    with pytest.raises(ClassifierError, match="cannot run this model: no known split"):
         Classifier(resnet, device="cpu", runtime="onnx")
 
 
 def test_a_runtime_that_does_not_exist_is_named_in_the_error() -> None:
-    with pytest.raises(ValueError, match="auto, torch, onnx"):
+    with pytest.raises(ClassifierError, match="auto, torch, onnx"):
         Classifier(efficientnet_checkpoint(), device="cpu", runtime="tensorrt")
 
 
@@ -112,6 +112,6 @@ def test_an_export_that_disagrees_with_pytorch_is_refused(monkeypatch: pytest.Mo
         return lambda a: tail(a) + 1.0
 
     monkeypatch.setattr(architectures, "tail", wrong_tail)
-    with pytest.raises(onnx_engine.UnsupportedNetwork, match="tail outputs differ"):
+    with pytest.raises(ClassifierError, match="tail outputs differ"):
         Classifier(efficientnet_checkpoint(), device="cpu", runtime="onnx")
     assert Classifier(efficientnet_checkpoint(), device="cpu").runtime == "torch"

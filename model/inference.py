@@ -166,6 +166,11 @@ class Classifier:
         return time.perf_counter() - started
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """The batch as the network takes it: on its device in channels-last for PyTorch; ONNX
+        Runtime takes the contiguous NCHW batch as it is (channels-last would cost a copy there
+        and another one back)."""
+        if self.onnx:
+            return batch
         return batch.to(self.device, non_blocking=True).contiguous(
             memory_format=torch.channels_last
         )
@@ -285,7 +290,7 @@ class Classifier:
         if not rows:
             return results, {}
         with torch.enable_grad():
-            tracked = activations[rows].clone().requires_grad_(True)
+            tracked = activations[rows].requires_grad_(True)  # indexing by a list copies
             logits = self.onnx.tail(tracked)[:, 0]
             grids = cam.cams(logits, tracked, list(range(len(rows))))
         return results, dict(zip(rows, grids, strict=True))

@@ -22,7 +22,6 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from db import queries
-from db.models import ImageStatus
 from db.session import transaction
 from worker import client
 
@@ -34,6 +33,7 @@ IGNORED_PATTERNS = (".*", "*.part", "*.tmp", "*~", "*.crdownload", "*.partial")
 # file, chunks of 200 kept a 2-core machine's worker waiting half a second at the start.
 REGISTER_CHUNK = 32
 CLOSED_SETTLE_S = 0.3  # after a close-write or move-in, only a short quiet period is needed
+SETTLE_TICK_S = 0.1  # how often pending files are looked at (a stat each)
 
 
 def is_ignored(path: Path) -> bool:
@@ -48,6 +48,14 @@ class _Pending:
     closed: bool = False
 
 
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
 class ArrivalTracker:
     """Decides when a file is complete: unchanged size and mtime for the settle time."""
 
@@ -57,15 +65,19 @@ class ArrivalTracker:
         self._lock = threading.Lock()
 
     def touch(self, path: Path, *, closed: bool = False) -> None:
+        """Note an event for `path`. Its size and mtime are read now, so the quiet period counts
+        from the event itself, not from the next look at the pending files."""
         now = time.monotonic()
+        signature = _signature(path)
         with self._lock:
             entry = self._pending.get(path)
             if entry is None:
-                self._pending[path] = _Pending(signature=None, changed_at=now, closed=closed)
-            else:
-                entry.closed = entry.closed or closed
-                if not closed:
-                    entry.changed_at = now
+                self._pending[path] = _Pending(signature=signature, changed_at=now, closed=closed)
+                return
+            entry.closed = entry.closed or closed
+            if not closed or signature != entry.signature:
+                entry.changed_at = now
+            entry.signature = signature
 
     def ready(self) -> list[Path]:
         """Paths whose size and mtime have been stable long enough; removes them."""
@@ -207,30 +219,34 @@ class Watcher:
         """Hash, register and enqueue settled files; returns the ids sent."""
         paths = list(paths)
         described = list(self._hash_pool.map(self._safe_describe, paths))
-        new_ids: list[int] = []
+        entries: list[tuple[Path, queries.NewImage]] = []
+        for path, info in zip(paths, described, strict=True):
+            if info is None:  # vanished or unreadable: logged, nothing to register
+                continue
+            sha, size, stored_path, rejection = info
+            entry = queries.NewImage(
+                sha256=sha,
+                path=stored_path,
+                filename=_displayable(str(path.relative_to(self.inbox))),
+                size=size,
+                fmt=path.suffix.lower().lstrip(".") or None,
+                rejection=rejection,
+            )
+            entries.append((path, entry))
+        if not entries:
+            return []
         with transaction(self.factory) as session:
-            for path, info in zip(paths, described, strict=True):
-                if info is None:
-                    continue
-                sha, size, stored_path, rejection = info
-                image, created = queries.register_image(
-                    session=session,
-                    sha256=sha,
-                    path=stored_path,
-                    filename=_displayable(str(path.relative_to(self.inbox))),
-                    size=size,
-                    fmt=path.suffix.lower().lstrip(".") or None,
-                )
-                if not created:
-                    log.info("duplicate of image %d ignored: %s", image.id, path.name)
-                    continue
-                if rejection:
-                    image.status = ImageStatus.FAILED
-                    image.error = rejection
-                    log.warning("rejected %s: %s", path.name, rejection)
-                    continue
-                session.flush()
-                new_ids.append(image.id)
+            registered = queries.register_images(
+                session=session, new=[entry for _, entry in entries]
+            )
+        new_ids: list[int] = []
+        for (path, entry), (image_id, created) in zip(entries, registered, strict=True):
+            if not created:
+                log.info("duplicate of image %d ignored: %s", image_id, path.name)
+            elif entry.rejection:
+                log.warning("rejected %s: %s", path.name, entry.rejection)
+            else:
+                new_ids.append(image_id)
         if new_ids:
             client.enqueue(self.app, self.factory, new_ids)
             log.info("registered and queued %d new image(s)", len(new_ids))
@@ -272,7 +288,7 @@ class Watcher:
                     log.exception("registering %d file(s) failed; will rescan", len(chunk))
                     for path in chunk:
                         self.tracker.touch(path)
-            self._stop.wait(0.2)
+            self._stop.wait(SETTLE_TICK_S)
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.sweep_interval_s):

@@ -44,6 +44,62 @@ def test_same_bytes_register_once(factory) -> None:
         assert session.scalar(select(func.count(Image.id))) == 1
 
 
+def test_registering_a_chunk_sorts_new_known_repeated_and_rejected_files(factory) -> None:
+    known, _ = _register(factory, "k" * 64, "known.jpg")
+    chunk = [
+        queries.NewImage(sha256="n" * 64, path="/inbox/new.jpg", filename="new.jpg", size=3),
+        queries.NewImage(sha256="k" * 64, path="/inbox/again.jpg", filename="again.jpg", size=3),
+        queries.NewImage(sha256="n" * 64, path="/inbox/copy.jpg", filename="copy.jpg", size=3),
+        queries.NewImage(
+            sha256="r" * 64,
+            path="/inbox/bad.jpg",
+            filename="bad.jpg",
+            size=3,
+            fmt="jpg",
+            rejection="symbolic link pointing outside the inbox: not read",
+        ),
+    ]
+    with transaction(factory) as session:
+        registered = queries.register_images(session=session, new=chunk)
+    (new, new_created), (again, again_created), (copy, copy_created), (bad, bad_created) = (
+        registered
+    )
+    assert (again, again_created) == (known, False)
+    assert new_created and not copy_created and copy == new
+    assert bad_created
+    with factory() as session:
+        assert session.scalar(select(func.count(Image.id))) == 3
+        stored = session.get(Image, new)
+        assert (stored.filename, stored.status, stored.attempts) == ("new.jpg", "queued", 0)
+        assert stored.received_at is not None and stored.enqueued_at is None
+        rejected = session.get(Image, bad)
+        assert (rejected.status, rejected.format) == ("failed", "jpg")
+        assert rejected.error == "symbolic link pointing outside the inbox: not read"
+
+
+def test_bytes_registered_by_another_process_meanwhile_get_its_row(factory, monkeypatch) -> None:
+    winner, _ = _register(factory, "s" * 64, "first.jpg")
+    # Simulate the race: our look-up ran just before the other process committed, so it saw
+    # nothing; the insert then meets the unique sha256 and must fall back to the stored row.
+    real = queries._ids_by_sha
+    looks: list[list[str]] = []
+
+    def stale_first_look(session, shas):
+        looks.append(list(shas))
+        return {} if len(looks) == 1 else real(session, shas)
+
+    monkeypatch.setattr(queries, "_ids_by_sha", stale_first_look)
+    entry = queries.NewImage(
+        sha256="s" * 64, path="/inbox/second.jpg", filename="second.jpg", size=1
+    )
+    with transaction(factory) as session:
+        assert queries.register_images(session=session, new=[entry]) == [(winner, False)]
+    assert len(looks) == 2
+    with factory() as session:
+        assert session.scalar(select(func.count(Image.id))) == 1
+        assert session.get(Image, winner).filename == "first.jpg"
+
+
 def _prediction(image_id: int, version: str = "v1") -> queries.NewPrediction:
     return queries.NewPrediction(
         image_id=image_id,

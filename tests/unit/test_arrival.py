@@ -66,3 +66,27 @@ def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
     path = tmp_path / "blob"
     path.write_bytes(data)
     assert sha256_file(path) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_quiet_period_counts_from_the_event(tmp_path: Path) -> None:
+    # A file moved in whole is looked at once the settle time has passed since its event, not
+    # a settle time after the watcher first noticed it.
+    tracker = ArrivalTracker(settle_s=0.3)
+    path = tmp_path / "moved-in.jpg"
+    path.write_bytes(b"complete")
+    tracker.touch(path)
+    time.sleep(0.35)
+    assert tracker.ready() == [path]
+
+
+def test_a_change_after_the_event_restarts_the_wait(tmp_path: Path) -> None:
+    tracker = ArrivalTracker(settle_s=0.3)
+    path = tmp_path / "appended.jpg"
+    path.write_bytes(b"part")
+    tracker.touch(path)
+    time.sleep(0.35)
+    with path.open("ab") as handle:  # grew without an event reaching the tracker
+        handle.write(b" more")
+    assert tracker.ready() == []
+    time.sleep(0.35)
+    assert tracker.ready() == [path]

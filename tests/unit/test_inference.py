@@ -60,6 +60,18 @@ def test_explained_prediction_equals_plain_prediction(tiny_model: Path) -> None:
     assert classifier.predict_explained(batch, "none")[1] == {}
 
 
+def test_warm_up_decodes_its_generated_jpeg_and_changes_no_answer(
+    tiny_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    classifier = Classifier.load(tiny_model, device="cpu", decode_threads=2)
+    batch = torch.stack([p.tensor for p in classifier.prepare_many(sample_images())])  # type: ignore[union-attr]
+    before = classifier.predict(batch)
+    with caplog.at_level("WARNING", logger="model.inference"):
+        assert classifier.warm_up(batch_size=4) > 0
+    assert not caplog.records, "the warm-up image decoded through the normal path"
+    assert classifier.predict(batch) == before
+
+
 def test_bad_files_fail_alone_in_a_batch(tiny_model: Path, tmp_path: Path) -> None:
     classifier = Classifier.load(tiny_model, device="cpu")
     broken = tmp_path / "broken.jpg"

@@ -48,11 +48,9 @@ class _Pending:
     closed: bool = False
 
 
-def _signature(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
+def _signature(path: Path) -> tuple[int, int]:
+    """Size and mtime: what must stay unchanged for a file to count as complete."""
+    stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
 
 
@@ -68,7 +66,10 @@ class ArrivalTracker:
         """Note an event for `path`. Its size and mtime are read now, so the quiet period counts
         from the event itself, not from the next look at the pending files."""
         now = time.monotonic()
-        signature = _signature(path)
+        try:
+            signature: tuple[int, int] | None = _signature(path)
+        except OSError:
+            signature = None  # gone or unreadable: `ready` decides what happens to it
         with self._lock:
             entry = self._pending.get(path)
             if entry is None:
@@ -87,14 +88,13 @@ class ArrivalTracker:
             items = list(self._pending.items())
         for path, entry in items:
             try:
-                stat = path.stat()
+                signature = _signature(path)
             except FileNotFoundError:
                 with self._lock:
                     self._pending.pop(path, None)
                 continue
             except OSError:
                 continue
-            signature = (stat.st_size, stat.st_mtime_ns)
             if signature != entry.signature:
                 entry.signature = signature
                 entry.changed_at = now

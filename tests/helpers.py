@@ -61,6 +61,15 @@ def make_tiny_checkpoint(
     return checkpoint.save(ckpt, path)
 
 
+def unsplittable_checkpoint() -> checkpoint.Checkpoint:
+    """A resnet18 at 64 px with fixed random weights: a network whose layers after the last
+    convolution `architectures.tail` does not know, so ONNX Runtime cannot run it."""
+    torch.manual_seed(0)
+    return checkpoint.Checkpoint.from_network(
+        "resnet18", architectures.build("resnet18"), preset=Preset(size=64)
+    )
+
+
 def sample_images() -> list[Path]:
     """Small real radiographs shipped with the tests (see tests/fixtures/README.md)."""
     return sorted(p for p in FIXTURES.glob("*.jpg"))

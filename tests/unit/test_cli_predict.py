@@ -46,17 +46,10 @@ def test_a_model_that_cannot_be_set_up_as_asked_is_one_line_not_a_traceback(
 
     import torch
 
-    from model import architectures, checkpoint
-    from model.preprocess import Preset
-    from tests.helpers import fracture_cli, fracture_env
+    from model import checkpoint
+    from tests.helpers import fracture_cli, fracture_env, unsplittable_checkpoint
 
-    torch.manual_seed(0)
-    resnet = checkpoint.save(
-        checkpoint.Checkpoint.from_network(
-            "resnet18", architectures.build("resnet18"), preset=Preset(size=64)
-        ),
-        tmp_path / "resnet.pt",
-    )
+    resnet = checkpoint.save(unsplittable_checkpoint(), tmp_path / "resnet.pt")
     cases = [({"runtime": "onnx"}, "FRACTURE_RUNTIME=onnx cannot run this model")]
     if not torch.cuda.is_available():
         cases.append(({"device": "cuda"}, "FRACTURE_DEVICE=cuda but no CUDA device"))

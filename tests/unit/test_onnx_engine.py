@@ -13,7 +13,7 @@ from model import architectures
 from model.checkpoint import Checkpoint, load
 from model.inference import Classifier, ClassifierError
 from model.preprocess import Preset
-from tests.helpers import make_tiny_checkpoint
+from tests.helpers import make_tiny_checkpoint, unsplittable_checkpoint
 
 pytestmark = pytest.mark.unit
 
@@ -87,10 +87,7 @@ def test_seed_cnn_in_onnx_runtime_matches_pytorch(tmp_path: Path, regions: tuple
 
 def test_auto_picks_onnx_on_cpu_and_falls_back_for_unknown_networks() -> None:
     assert Classifier(efficientnet_checkpoint(), device="cpu").runtime == "onnx"
-    torch.manual_seed(0)
-    resnet = Checkpoint.from_network(
-        "resnet18", architectures.build("resnet18"), preset=Preset(size=64)
-    )
+    resnet = unsplittable_checkpoint()
     assert architectures.tail(resnet.build_network()) is None
     assert Classifier(resnet, device="cpu").runtime == "torch"
     with pytest.raises(ClassifierError, match="cannot run this model: no known split"):

@@ -116,9 +116,83 @@ def with_region_head(net: nn.Module, regions: int) -> TwoHeads:
     return TwoHeads(net, head.in_features, regions)
 
 
+class HeatNet(nn.Module):
+    """EfficientNet with three heads on one backbone: the fracture logit, R body-region logits
+    and a dense fracture heat map (G×G logits at stride 16, G = input size / 16) trained on the
+    radiologists' outlines. Outputs (N, 1 + R + G·G): the map is flattened row by row after the
+    region logits, so every consumer of the first 1 + R columns keeps working.
+
+    The map reads the stride-16 features (block `fine_block`) and the last convolution's
+    features upsampled to them: fine enough to point at a finger, with the whole image's context.
+    """
+
+    def __init__(self, body: nn.Module, regions: int, fine_block: int, fine_channels: int) -> None:
+        super().__init__()
+        self.body = body
+        self.fine_block = fine_block
+        features = int(_efficientnet(body)._fc.in_features)
+        _efficientnet(body)._fc = nn.Identity()
+        self.fracture = nn.Linear(features, 1)
+        self.region = nn.Linear(features, max(regions, 0)) if regions else None
+        self.heat_context = nn.Sequential(
+            nn.Conv2d(features, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)
+        )
+        self.heat_head = nn.Sequential(
+            nn.Conv2d(fine_channels + 64, 64, 3, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 1, 1),
+        )
+        nn.init.constant_(self.heat_head[-1].bias, -4.0)  # start quiet: most cells are empty
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        body = _efficientnet(self.body)
+        x = body._swish(body._bn0(body._conv_stem(x)))
+        fine = x
+        rate = body._global_params.drop_connect_rate
+        for index, block in enumerate(body._blocks):
+            x = block(x, drop_connect_rate=rate * index / len(body._blocks) if rate else None)
+            if index == self.fine_block:
+                fine = x
+        x = body._swish(body._bn1(body._conv_head(x)))
+        pooled = body._dropout(body._avg_pooling(x).flatten(1))
+        context = nn.functional.interpolate(
+            self.heat_context(x), size=fine.shape[-2:], mode="nearest"
+        )
+        heat = self.heat_head(torch.cat([fine, context], dim=1)).flatten(1)
+        heads = [self.fracture(pooled)]
+        if self.region is not None:
+            heads.append(self.region(pooled))
+        return torch.cat([*heads, heat], dim=1)
+
+
+def with_heat_head(net: nn.Module, regions: int) -> HeatNet:
+    """An EfficientNet built for one logit, given the fracture, region and heat heads."""
+    body = net
+    if not hasattr(body, "_blocks"):
+        raise ValueError(f"a heat head needs an EfficientNet backbone, not {type(net).__name__}")
+    # The last block at stride 16: the deepest features still fine enough to localise.
+    probe = _efficientnet(body)
+    fine_block, fine_channels, stride = -1, 0, 2
+    for index, block in enumerate(probe._blocks):
+        block_stride = block._block_args.stride
+        step = block_stride[0] if isinstance(block_stride, list | tuple) else block_stride
+        stride *= int(step)
+        if stride == 16:
+            fine_block, fine_channels = index, int(block._block_args.output_filters)
+    if fine_block < 0:
+        raise ValueError("no stride-16 block found for the heat head")
+    return HeatNet(body, regions, fine_block, fine_channels)
+
+
+def heat_grid(net: nn.Module) -> int:
+    """Side of a network's square heat map for a given input is size // 16; 0 without one."""
+    return 16 if isinstance(net, HeatNet) else 0
+
+
 def backbone(net: nn.Module) -> nn.Module:
     """The feature network under the heads (the network itself when single-headed)."""
-    return net.body if isinstance(net, TwoHeads) else net
+    return net.body if isinstance(net, TwoHeads | HeatNet) else net
 
 
 def _efficientnet(body: nn.Module) -> Any:
@@ -130,6 +204,8 @@ def tail(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The network after its last convolution, as a function of that convolution's output
     (to the same (N, 1 + R) outputs), for the networks whose layout is known here; else None.
     It leaves its input unchanged, so gradients can be taken with respect to it."""
+    if isinstance(net, HeatNet):
+        return None  # its map reads earlier features too: no split after the last convolution
     body = backbone(net)
     body_tail: Callable[[torch.Tensor], torch.Tensor]
     if isinstance(body, SeedCNN):
@@ -164,10 +240,14 @@ def available() -> list[str]:
     return ["seed_cnn", "efficientnet_lite0", *torchvision.models.list_models(torchvision.models)]
 
 
-def build(arch: str, *, pretrained: bool = False, regions: int = 0, **kwargs: object) -> nn.Module:
+def build(
+    arch: str, *, pretrained: bool = False, regions: int = 0, heat: bool = False, **kwargs: object
+) -> nn.Module:
     """A fresh network by name; `pretrained` only where weights are available offline;
-    `regions` > 0 adds a body-region head of that many classes."""
+    `regions` > 0 adds a body-region head of that many classes; `heat` a fracture heat map."""
     net = _build_single(arch, pretrained=pretrained, **kwargs)
+    if heat:
+        return with_heat_head(net, regions)
     return with_region_head(net, regions) if regions > 0 else net
 
 

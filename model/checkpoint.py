@@ -43,10 +43,36 @@ class Checkpoint:
     # Score each image as the mean of the network's outputs on it and on its mirror image; the
     # temperature and thresholds above were fitted in the same mode.
     flip_tta: bool = False
+    # A network with a fracture heat map (architectures.HeatNet): its outputs carry the map after
+    # the region logits, and boxes are read off it (`box_threshold`: lowest peak probability
+    # reported as a box).
+    heat: bool = False
+    box_threshold: float = 0.5
+    # The lower "doubt" operating point (chosen for a higher sensitivity): probabilities in
+    # [doubt_threshold, threshold) are answered "doubt". None: two answers only.
+    doubt_threshold: float | None = None
+
+    @property
+    def heat_grid(self) -> int:
+        """Side of the square heat map in the outputs (0 without one)."""
+        return self.preset.size // 16 if self.heat else 0
+
+    def verdict(self, probability: float, threshold: float) -> str:
+        """The three answers readers know: fracture, doubt (between the two operating points)
+        or no fracture."""
+        if probability >= threshold:
+            return "fracture"
+        if self.doubt_threshold is not None and probability >= self.doubt_threshold:
+            return "doubt"
+        return "no_fracture"
 
     def build_network(self) -> nn.Module:
         net = architectures.build(
-            self.arch, pretrained=False, regions=len(self.regions), **self.arch_kwargs
+            self.arch,
+            pretrained=False,
+            regions=len(self.regions),
+            heat=self.heat,
+            **self.arch_kwargs,
         )
         net.load_state_dict(self.state_dict)
         return net.eval()
@@ -66,6 +92,10 @@ class Checkpoint:
             meta += f"|{self.regions}|{sorted(self.region_thresholds.items())}"
         if self.flip_tta:
             meta += "|flip_tta"
+        if self.heat:
+            meta += f"|heat|{self.box_threshold:.6f}"
+        if self.doubt_threshold is not None:
+            meta += f"|doubt|{self.doubt_threshold:.6f}"
         digest.update(meta.encode())
         for name in sorted(self.state_dict):
             digest.update(name.encode())
@@ -87,6 +117,9 @@ class Checkpoint:
             "regions": list(self.regions),
             "region_thresholds": {k: float(v) for k, v in self.region_thresholds.items()},
             "flip_tta": self.flip_tta,
+            "heat": self.heat,
+            "box_threshold": self.box_threshold,
+            "doubt_threshold": self.doubt_threshold,
         }
 
     @classmethod
@@ -140,6 +173,11 @@ def load(path: Path) -> Checkpoint:
             str(k): float(v) for k, v in dict(data.get("region_thresholds", {})).items()
         },
         flip_tta=bool(data.get("flip_tta", False)),
+        heat=bool(data.get("heat", False)),
+        box_threshold=float(data.get("box_threshold", 0.5)),
+        doubt_threshold=(
+            None if data.get("doubt_threshold") is None else float(data["doubt_threshold"])
+        ),
     )
     unknown = set(checkpoint.region_thresholds) - set(checkpoint.regions)
     if unknown:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.annotations import Outlines
 from model.checkpoint import CLASS_NAMES
 from model.decode import DecodeError, decode
 from model.preprocess import Preset
@@ -109,6 +110,8 @@ class ImageSet:
     labels: torch.Tensor  # float32 (N,)
     paths: list[Path]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    # Fracture outline masks in the same geometry as `images` (uint8 0/255), when given.
+    masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -126,7 +129,13 @@ class ImageSet:
 
 
 def load_images(
-    samples: Sequence[Sample], *, size: int, exact: bool = False, threads: int = 2
+    samples: Sequence[Sample],
+    *,
+    size: int,
+    exact: bool = False,
+    threads: int = 2,
+    letterbox: bool = False,
+    outlines: dict[str, Outlines] | None = None,
 ) -> ImageSet:
     """Decode every sample once and squash it to size×size.
 
@@ -134,28 +143,44 @@ def load_images(
     for a preset of this size (decode at `target_size=size`, then `Preset.resize`); otherwise
     they are a uint8 cache for augmentation, decoded at `target_size=size`.
     Undecodable files are skipped and reported, like the worker marks them failed.
+    With `outlines`, each image also gets its fracture-box mask in the same geometry (empty
+    for images without outlines).
     """
-    preset = Preset(size=size)
+    preset = Preset(size=size, letterbox=letterbox)
 
-    def one(sample: Sample) -> torch.Tensor | str:
+    def one(sample: Sample) -> tuple[torch.Tensor, torch.Tensor | None] | str:
         try:
             pixels = decode(sample.path, target_size=size).pixels
         except DecodeError as exc:
             return str(exc)
         resized = preset.resize(pixels)[0]
-        return resized if exact else resized.mul(255.0).round_().to(torch.uint8)
+        image = resized if exact else resized.mul(255.0).round_().to(torch.uint8)
+        if outlines is None:
+            return image, None
+        found = outlines.get(sample.path.name)
+        if found is None:
+            return image, torch.zeros((size, size), dtype=torch.uint8)
+        mask = preset.resize(found.mask(*pixels.shape))[0]
+        return image, mask.gt(0.5).to(torch.uint8).mul_(255)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         decoded = list(pool.map(one, samples))
-    kept = [(s, t) for s, t in zip(samples, decoded, strict=True) if isinstance(t, torch.Tensor)]
+    kept = [(s, t) for s, t in zip(samples, decoded, strict=True) if not isinstance(t, str)]
     skipped = [(s.path, t) for s, t in zip(samples, decoded, strict=True) if isinstance(t, str)]
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
     if not kept:
         raise DataError("no decodable images")
-    images = torch.stack([t for _, t in kept])
+    images = torch.stack([t[0] for _, t in kept])
+    masks = torch.stack([t[1] for _, t in kept]) if outlines is not None else None  # type: ignore[misc]
     labels = torch.tensor([s.label for s, _ in kept], dtype=torch.float32)
-    return ImageSet(images=images, labels=labels, paths=[s.path for s, _ in kept], skipped=skipped)
+    return ImageSet(
+        images=images,
+        labels=labels,
+        paths=[s.path for s, _ in kept],
+        skipped=skipped,
+        masks=masks,
+    )
 
 
 @dataclass(frozen=True)
@@ -164,6 +189,7 @@ class ImageInfo:
 
     region: str
     hardware: bool
+    group: str | None = None  # same-study group: near-identical views share one
 
 
 def find_labels_csv(root: Path) -> Path | None:
@@ -188,6 +214,7 @@ def read_labels(path: Path) -> dict[str, ImageInfo]:
             row["file"]: ImageInfo(
                 region=(row["region"] or "unknown").strip().lower(),
                 hardware=str(row["hardware"]).strip().lower() in ("1", "true", "yes"),
+                group=(row.get("group") or "").strip() or None,
             )
             for row in reader
         }

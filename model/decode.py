@@ -45,6 +45,12 @@ class Decoded:
     width: int  # of the stored image, before any reduced-size decoding
     height: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    transposed: bool = False  # EXIF orientation swapped width and height
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """(width, height) of the full-resolution image as it is shown, after EXIF rotation."""
+        return (self.height, self.width) if self.transposed else (self.width, self.height)
 
 
 def _read(source: Path | bytes) -> bytes:
@@ -163,6 +169,7 @@ def _decode_pillow(data: bytes, *, target_size: int | None, max_pixels: int) -> 
             "truncated JPEG: the end of the image is missing (decoded as flat grey): not scored"
         )
     upright = _exif_transpose(image)
+    transposed = upright.size != image.size
     pixels = to_grey_float(upright)
     if jpeg and stored_mode == "RGB" and image.mode == "L":
         rgb = _jpeg_colour_preview(data)
@@ -170,7 +177,14 @@ def _decode_pillow(data: bytes, *, target_size: int | None, max_pixels: int) -> 
         rgb = _rgb_preview(upright)
     warning = quality.assess(pixels, rgb)
     metadata: dict[str, Any] = {"warning": warning} if warning else {}
-    return Decoded(pixels=pixels, format=fmt, width=width, height=height, metadata=metadata)
+    return Decoded(
+        pixels=pixels,
+        format=fmt,
+        width=width,
+        height=height,
+        metadata=metadata,
+        transposed=transposed,
+    )
 
 
 def _bomb_message(exc: Exception, max_pixels: int) -> str:

@@ -221,7 +221,8 @@ def predict_outputs(
     probabilities = torch.sigmoid(outputs[:, 0] / checkpoint.temperature).numpy()
     if not checkpoint.regions:
         return probabilities, None
-    regions = np.asarray(checkpoint.regions)[outputs[:, 1:].argmax(dim=1).numpy()]
+    columns = outputs[:, 1 : 1 + len(checkpoint.regions)]
+    regions = np.asarray(checkpoint.regions)[columns.argmax(dim=1).numpy()]
     return probabilities, regions
 
 

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,12 @@ class Result:
     threshold_source: str = "global"  # or "region:<name>" for a per-region operating point
     region: str | None = None  # predicted body region (two-head checkpoints only)
     region_probability: float | None = None
+    # "fracture" (probability ≥ threshold), "doubt" (≥ doubt_threshold) or "no_fracture".
+    verdict: str = "no_fracture"
+    doubt_threshold: float | None = None
+    # Fracture boxes [x, y, width, height, score] in the original image's pixels (after EXIF
+    # rotation), best first; filled by `predict_prepared` for checkpoints with a heat head.
+    boxes: tuple[tuple[float, float, float, float, float], ...] = ()
 
 
 @dataclass
@@ -200,8 +206,18 @@ class Classifier:
             return self._onnx_outputs(batch)[0]
         out = self.net(batch)
         if self.checkpoint.flip_tta:
-            out = (out + self.net(batch.flip(-1))) / 2.0
+            out = self._mirror_mean(out, self.net(batch.flip(-1)))
         return out
+
+    def _mirror_mean(self, plain: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+        """Mean of the outputs for an image and its mirror image; the mirror's heat map is
+        flipped back first, so both maps point at the same place."""
+        grid = self.checkpoint.heat_grid
+        if grid:
+            columns = plain.shape[1] - grid * grid
+            heat = mirrored[:, columns:].reshape(-1, grid, grid).flip(-1).reshape(-1, grid * grid)
+            mirrored = torch.cat([mirrored[:, :columns], heat], dim=1)
+        return (plain + mirrored) / 2.0
 
     def _onnx_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ONNX Runtime outputs (averaged with the mirror image's under flip TTA, both in one
@@ -211,7 +227,7 @@ class Classifier:
         if not self.checkpoint.flip_tta:
             return self.onnx.run(batch)
         outputs, activations = self.onnx.run(torch.cat([batch, batch.flip(-1)]))
-        return (outputs[:n] + outputs[n:]) / 2.0, activations[:n]
+        return self._mirror_mean(outputs[:n], outputs[n:]), activations[:n]
 
     def _chunks(self, batch: torch.Tensor) -> list[torch.Tensor]:
         size = self.micro_batch or batch.shape[0]
@@ -244,7 +260,8 @@ class Classifier:
         probabilities = torch.sigmoid(logits[:, 0] / self.temperature).tolist()
         if not self.checkpoint.regions:
             return [self.result(p) for p in probabilities]
-        region_probabilities, region_index = torch.softmax(logits[:, 1:], dim=1).max(dim=1)
+        region_columns = logits[:, 1 : 1 + len(self.checkpoint.regions)]
+        region_probabilities, region_index = torch.softmax(region_columns, dim=1).max(dim=1)
         return [
             self.result(p, self.checkpoint.regions[int(i)], float(q))
             for p, i, q in zip(probabilities, region_index, region_probabilities, strict=True)
@@ -259,6 +276,8 @@ class Classifier:
             return self.predict(batch), {}
         if explain not in ("positive", "all"):
             raise ValueError(f"explain must be positive, all or none, not {explain!r}")
+        if self.checkpoint.heat:
+            return self._heat_explained(batch, explain)
         self.net.eval()
         explained = self._onnx_explained if self.onnx else self._torch_explained
         results: list[Result] = []
@@ -285,8 +304,56 @@ class Classifier:
         return results, dict(zip(rows, grids, strict=True))
 
     def _positive_rows(self, results: list[Result], explain: str) -> list[int]:
-        positive = self.checkpoint.class_names[1]
-        return [i for i, r in enumerate(results) if explain == "all" or r.label == positive]
+        """Rows to explain: all, or those answered "fracture" or "doubt"."""
+        return [i for i, r in enumerate(results) if explain == "all" or r.verdict != "no_fracture"]
+
+    def heat(self, outputs: torch.Tensor) -> np.ndarray:
+        """(N, G, G) fracture probability maps from the outputs of a heat-head checkpoint."""
+        grid = self.checkpoint.heat_grid
+        cells = outputs[:, outputs.shape[1] - grid * grid :].detach().float().cpu()
+        return torch.sigmoid(cells).reshape(-1, grid, grid).numpy()
+
+    def _heat_explained(
+        self, batch: torch.Tensor, explain: str
+    ) -> tuple[list[Result], dict[int, np.ndarray]]:
+        """Results plus the heat head's own maps: the trained localisation, no gradients."""
+        outputs = self.all_logits(batch)
+        results = self.results(outputs)
+        maps = self.heat(outputs)
+        rows = self._positive_rows(results, explain)
+        assert len(results) == batch.shape[0], "one result per input"
+        return results, {row: maps[row] for row in rows}
+
+    def predict_prepared(
+        self, prepared: Sequence[Prepared], explain: str = "positive"
+    ) -> tuple[list[Result], dict[int, np.ndarray]]:
+        """Results for decoded inputs, with boxes in each original image's pixels (heat-head
+        checkpoints: for the rows answered "fracture" or "doubt"), and the maps asked for."""
+        from model import boxes as box_ops
+
+        if not prepared:
+            return [], {}
+        batch = torch.stack([p.tensor for p in prepared])
+        if not self.checkpoint.heat:
+            return self.predict_explained(batch, explain)
+        outputs = self.all_logits(batch)
+        results = self.results(outputs)
+        maps = self.heat(outputs)
+        size, floor = self.preset.size, self.checkpoint.box_threshold
+        for row, (item, result) in enumerate(zip(prepared, results, strict=True)):
+            if result.verdict == "no_fracture":
+                continue
+            found = box_ops.from_heat(maps[row], size, floor=0.0)
+            kept = [b for b in found if b[4] >= floor] or found[:1]
+            mapped = box_ops.to_original(
+                kept,
+                self.preset,
+                pixels_shape=item.decoded.pixels.shape,  # type: ignore[arg-type]
+                original_size=item.decoded.upright_size,
+            )
+            results[row] = replace(result, boxes=tuple(tuple(b) for b in mapped))  # type: ignore[misc]
+        rows = self._positive_rows(results, explain) if explain != "none" else []
+        return results, {row: maps[row] for row in rows}
 
     def _onnx_explained(
         self, chunk: torch.Tensor, explain: str
@@ -318,12 +385,15 @@ class Classifier:
             threshold_source=source,
             region=region,
             region_probability=region_probability,
+            verdict=self.checkpoint.verdict(probability, threshold),
+            doubt_threshold=self.checkpoint.doubt_threshold,
         )
 
     def predict_sources(self, sources: Sequence[Path | bytes]) -> list[Result | DecodeError]:
+        """Decode and score files; results carry boxes where the model gives them."""
         prepared = self.prepare_many(sources)
         good = [p for p in prepared if isinstance(p, Prepared)]
-        results = iter(self.predict(torch.stack([p.tensor for p in good])) if good else [])
+        results = iter(self.predict_prepared(good, "none")[0])
         return [next(results) if isinstance(p, Prepared) else p for p in prepared]
 
     def close(self) -> None:

@@ -63,6 +63,21 @@ class _WithActivations(nn.Module):
         return outputs, captured[0]
 
 
+class _OutputsOnly(nn.Module):
+    """The network's outputs and an empty activation tensor, for a network without a tail."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x), torch.zeros(0)
+
+
+def _no_tail(activations: torch.Tensor) -> torch.Tensor:
+    raise UnsupportedNetwork("this network has no tail: it explains itself with its heat map")
+
+
 class OnnxNetwork:
     """`net` (eval mode, on the CPU) exported to an ONNX Runtime session.
 
@@ -74,22 +89,31 @@ class OnnxNetwork:
         import onnxruntime as ort
 
         tail = architectures.tail(net)
-        if tail is None:
+        heat = isinstance(net, architectures.HeatNet)
+        if tail is None and not heat:
             raise UnsupportedNetwork(f"no known split after the last convolution of {type(net)}")
-        self.tail: Callable[[torch.Tensor], torch.Tensor] = tail
-        wrapped = _WithActivations(net, explain.last_conv_layer(net)).eval()
+        # A heat-head network explains itself with its own map: no Grad-CAM, so no tail.
+        self.tail: Callable[[torch.Tensor], torch.Tensor] = tail or _no_tail
+        self.has_tail = tail is not None
+        wrapped: nn.Module = (
+            _WithActivations(net, explain.last_conv_layer(net))
+            if self.has_tail
+            else _OutputsOnly(net)
+        ).eval()
+        exported = wrapped if self.has_tail else net
+        names = ["outputs", "activations"] if self.has_tail else ["outputs"]
         example = torch.zeros(2, 3, size, size)
         buffer = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():
             # The TorchScript-based exporter: it traces Python hooks and needs no onnxscript.
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                wrapped,
+                exported,
                 (example,),
                 buffer,  # type: ignore[arg-type]  # a file object works; the stub says path
                 input_names=["images"],
-                output_names=["outputs", "activations"],
-                dynamic_axes={name: {0: "n"} for name in ("images", "outputs", "activations")},
+                output_names=names,
+                dynamic_axes={name: {0: "n"} for name in ("images", *names)},
                 opset_version=17,
                 dynamo=False,
             )
@@ -108,22 +132,28 @@ class OnnxNetwork:
         self._check(wrapped, size)
 
     def run(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs, last-convolution activations); the activations are empty for a network
+        without a tail."""
         images = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        outputs, activations = self.session.run(None, {"images": images})
-        return torch.from_numpy(outputs), torch.from_numpy(activations)
+        returned = self.session.run(None, {"images": images})
+        if len(returned) == 1:
+            return torch.from_numpy(returned[0]), torch.zeros(0)
+        return torch.from_numpy(returned[0]), torch.from_numpy(returned[1])
 
     def _check(self, wrapped: nn.Module, size: int) -> None:
         probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             expected, expected_activations = wrapped(probe)
             outputs, activations = self.run(probe)
-            from_tail = self.tail(activations)
+            from_tail = self.tail(activations) if self.has_tail else expected
+        if not self.has_tail:
+            expected_activations = activations
         for name, got, want in (
             ("outputs", outputs, expected),
             ("activations", activations, expected_activations),
             ("tail outputs", from_tail, expected),
         ):
-            difference = float((got - want).abs().max())
+            difference = float((got - want).abs().max()) if got.numel() else 0.0
             if got.shape != want.shape or not difference <= TOLERANCE:
                 raise UnsupportedNetwork(
                     f"ONNX Runtime {name} differ from PyTorch by {difference:.2g} "

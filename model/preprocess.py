@@ -21,19 +21,40 @@ class Preset:
     size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # Keep the aspect ratio: scale the long side to `size` and pad the short one with black,
+    # centred (a long-leg film keeps its detail); False squashes to a square as before.
+    letterbox: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preset:
-        return cls(size=int(data["size"]), mean=tuple(data["mean"]), std=tuple(data["std"]))  # type: ignore[arg-type]
+        return cls(
+            size=int(data["size"]),
+            mean=tuple(data["mean"]),  # type: ignore[arg-type]
+            std=tuple(data["std"]),  # type: ignore[arg-type]
+            letterbox=bool(data.get("letterbox", False)),
+        )
+
+    def geometry(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """Where an (height, width) image lands in the size×size input: x scale, y scale and
+        the left and top padding, in input pixels (input = image × scale + padding)."""
+        if not self.letterbox:
+            return self.size / width, self.size / height, 0.0, 0.0
+        scale = self.size / max(height, width)
+        inner_w, inner_h = max(1, round(width * scale)), max(1, round(height * scale))
+        return (
+            inner_w / width,
+            inner_h / height,
+            float((self.size - inner_w) // 2),
+            float((self.size - inner_h) // 2),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
 
     def resize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(H, W) floats in [0, 1] → (1, size, size), antialiased, aspect ratio not kept.
+        """(H, W) floats in [0, 1] → (1, size, size), antialiased; letterboxed or squashed.
 
-        Squashing rather than cropping keeps every bone in view; radiographs are rarely
-        far from square (FracAtlas: mostly 373×454). Pillow's float resampling gives the same
+        Neither crops, so every bone stays in view. Pillow's float resampling gives the same
         antialiased bilinear result as torch's (within 1e-5) at a tenth of the cost when the
         decode threads and torch's own threads share two cores.
         """
@@ -41,10 +62,22 @@ class Preset:
         array = np.ascontiguousarray(array, dtype=np.float32)
         if array.ndim != 2:
             raise ValueError(f"expected (H, W) greyscale pixels, got shape {tuple(array.shape)}")
-        resized = Image.fromarray(array, mode="F").resize(
-            (self.size, self.size), Image.Resampling.BILINEAR
+        height, width = array.shape
+        scale_x, scale_y, left, top = self.geometry(height, width)
+        inner = (max(1, round(width * scale_x)), max(1, round(height * scale_y)))
+        resized = np.clip(
+            np.asarray(
+                Image.fromarray(array, mode="F").resize(inner, Image.Resampling.BILINEAR),
+                dtype=np.float32,
+            ),
+            0.0,
+            1.0,
         )
-        return torch.from_numpy(np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)[None])
+        if inner == (self.size, self.size):
+            return torch.from_numpy(resized[None])
+        canvas = np.zeros((1, self.size, self.size), dtype=np.float32)
+        canvas[0, int(top) : int(top) + inner[1], int(left) : int(left) + inner[0]] = resized
+        return torch.from_numpy(canvas)
 
     def normalise(self, grey: torch.Tensor) -> torch.Tensor:
         """(…, 1, H, W) in [0, 1] → (…, 3, H, W) normalised with the preset's mean and std."""

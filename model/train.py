@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from model import architectures
+from model import annotations, architectures
 from model import checkpoint as ckpt
+from model.annotations import Outlines
 from model.data import ImageInfo, ImageSet, find_labels_csv, load_images, read_labels, scan
 from model.evaluate import (
     auroc,
@@ -81,6 +82,14 @@ class TrainConfig:
     hflip: float = 0.5
     vflip: float = 0.0
     region_weight: float = 0.5  # weight of the body-region loss; 0 trains a single-head model
+    heat_weight: float = 1.0  # weight of the outline heat-map loss; 0: no heat head
+    heat_pos_weight: float = 5.0  # cells inside a fracture box count this much more
+    letterbox: bool = True  # keep the aspect ratio (pad) instead of squashing
+    rot90: float = 0.5  # probability of a random quarter turn (90/180/270°): orientation
+    jpeg: float = 0.25  # probability of re-encoding a training image as JPEG, quality 25-90
+    downscale: float = 0.25  # probability of a down-and-up resampling (resolution 40-80 %)
+    doubt_sensitivity: float = 0.95  # the lower "doubt" operating point's target
+    threshold_confidence: float = 0.8  # operating points hold in this share of resamples
     region_thresholds: bool = True  # per-region operating points where validation allows
     min_region_fractures: int = MIN_FRACTURES_FOR_REGION_THRESHOLD
     work_dir: Path | None = None  # resume state and best-so-far checkpoint; default runs/<out stem>
@@ -101,6 +110,19 @@ class TrainConfig:
             (0.0 <= self.label_smoothing < 0.5, "label smoothing must be in [0, 0.5)"),
             (self.region_weight >= 0.0, "region loss weight must not be negative"),
             (self.min_region_fractures >= 1, "min region fractures must be at least 1"),
+            (self.heat_weight >= 0.0, "heat loss weight must not be negative"),
+            (
+                self.heat_weight == 0.0 or self.arch == "efficientnet_lite0",
+                "the heat head needs efficientnet_lite0 (use --heat-weight 0 for others)",
+            ),
+            (0.0 <= self.rot90 <= 1.0, "rot90 probability must be in [0, 1]"),
+            (0.0 <= self.jpeg <= 1.0, "jpeg probability must be in [0, 1]"),
+            (0.0 <= self.downscale <= 1.0, "downscale probability must be in [0, 1]"),
+            (
+                self.target_sensitivity <= self.doubt_sensitivity <= 1.0,
+                "doubt sensitivity must lie between the target sensitivity and 1",
+            ),
+            (0.5 <= self.threshold_confidence < 1.0, "threshold confidence must be in [0.5, 1)"),
         ]
         for ok, rule in rules:
             if not ok:
@@ -126,10 +148,40 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- augmentation
 
 
-def augment(
-    images: torch.Tensor, size: int, config: TrainConfig, generator: torch.Generator
+def jpeg_roundtrip(
+    images: torch.Tensor, probability: float, generator: torch.Generator
 ) -> torch.Tensor:
-    """(B, 1, H, W) in [0, 1] → (B, 1, size, size): rotation, flips, random resized crop, intensity.
+    """(B, 1, H, W) uint8: each image re-encoded as a JPEG of quality 25–90 with `probability`
+    (other sites send stronger compression than FracAtlas's quality-92 copies)."""
+    import io
+
+    from PIL import Image
+
+    chosen = torch.rand(images.shape[0], generator=generator) < probability
+    qualities = torch.randint(25, 91, (images.shape[0],), generator=generator)
+    if not bool(chosen.any()):
+        return images
+    out = images.clone()
+    for row in torch.nonzero(chosen).flatten().tolist():
+        buffer = io.BytesIO()
+        Image.fromarray(images[row, 0].numpy(), mode="L").save(
+            buffer, "JPEG", quality=int(qualities[row])
+        )
+        with Image.open(buffer) as reopened:
+            out[row, 0] = torch.from_numpy(np.asarray(reopened.convert("L")).copy())
+    return out
+
+
+def augment(
+    images: torch.Tensor,
+    size: int,
+    config: TrainConfig,
+    generator: torch.Generator,
+    masks: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, 1, H, W) in [0, 1] → (B, 1, size, size): rotation (small angles and quarter turns),
+    flips, random resized crop, resolution loss, intensity. Outline masks (B, 1, H, W), when
+    given, go through the same geometry.
 
     One affine resampling per batch does rotation, flip and crop together; crops keep most of the
     image (default ≥ 75 % of its area) so the fracture is rarely cut out.
@@ -140,6 +192,9 @@ def augment(
         return torch.rand(count, generator=generator) * (high - low) + low
 
     angle = torch.deg2rad(uniform(-config.rotation_degrees, config.rotation_degrees))
+    quarter = torch.randint(1, 4, (count,), generator=generator).float()
+    turned = torch.rand(count, generator=generator) < config.rot90
+    angle = angle + torch.where(turned, quarter * (math.pi / 2), torch.zeros(count))
     area = uniform(config.min_crop_scale, 1.0)
     log_ratio = uniform(math.log(0.85), math.log(1 / 0.85))
     scale_x = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
@@ -159,13 +214,30 @@ def augment(
     )
     grid = F.affine_grid(theta, [count, 1, size, size], align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if masks is not None:
+        masks = F.grid_sample(
+            masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+
+    lowered = torch.nonzero(torch.rand(count, generator=generator) < config.downscale).flatten()
+    for row in lowered.tolist():
+        side = max(16, round(size * float(uniform(0.4, 0.8)[row])))
+        small = F.interpolate(out[row : row + 1], size=(side, side), mode="area")
+        out[row : row + 1] = F.interpolate(
+            small, size=(size, size), mode="bilinear", align_corners=False
+        )
 
     gamma = torch.exp(uniform(math.log(0.75), math.log(1 / 0.75))).view(-1, 1, 1, 1)
     contrast = uniform(0.8, 1.2).view(-1, 1, 1, 1)
     brightness = uniform(-0.08, 0.08).view(-1, 1, 1, 1)
     out = out.clamp(1e-6, 1.0).pow(gamma)
     mean = out.mean(dim=(2, 3), keepdim=True)
-    return ((out - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+    return ((out - mean) * contrast + mean + brightness).clamp_(0.0, 1.0), masks
+
+
+def heat_targets(masks: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, 1, size, size) masks in [0, 1] → (B, grid·grid) share of each cell inside a box."""
+    return F.adaptive_avg_pool2d(masks, grid).flatten(1).clamp_(0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- network helpers
@@ -181,6 +253,8 @@ def head_linear_name(net: nn.Module) -> str:
 
 def head_names(net: nn.Module) -> tuple[str, ...]:
     """The freshly initialised output layers: the fracture head, and the region head if any."""
+    if isinstance(net, architectures.HeatNet):
+        return ("fracture", "region", "heat_context", "heat_head")
     if isinstance(net, architectures.TwoHeads):
         return ("fracture", "region")
     return (head_linear_name(net),)
@@ -287,6 +361,7 @@ class Calibration:
     threshold: float
     val_metrics: dict[str, Any] = field(default_factory=dict)
     region_thresholds: dict[str, float] = field(default_factory=dict)
+    doubt_threshold: float | None = None
 
 
 def region_operating_points(
@@ -319,18 +394,37 @@ def calibrate(
     region_targets: np.ndarray | None = None,
     region_thresholds: bool = False,
     min_region_fractures: int = MIN_FRACTURES_FOR_REGION_THRESHOLD,
+    doubt_sensitivity: float | None = None,
+    confidence: float | None = None,
+    groups: np.ndarray | None = None,
 ) -> Calibration:
     """Undo the class weighting's prior shift, fit a temperature, choose the threshold(s).
 
-    `outputs` is (N,) fracture logits or (N, 1 + R) two-head outputs.
+    `outputs` is (N,) fracture logits or (N, 1 + R + G²) network outputs. With `confidence`,
+    each operating point is chosen so that it reaches its sensitivity in that share of
+    group-aware bootstrap resamples (`operating.robust_threshold`), not just on this sample;
+    `doubt_sensitivity` adds the lower "doubt" operating point.
     """
+    from model import operating
+
     outputs = outputs.reshape(len(labels), -1)
     logits = outputs[:, 0]
     offset = -math.log(pos_weight)
     corrected = logits + offset
     temperature = fit_temperature(corrected, labels)
     probabilities = 1.0 / (1.0 + np.exp(-corrected / temperature))
-    threshold = threshold_for_sensitivity(labels, probabilities, target_sensitivity)
+
+    def choose(target: float) -> float:
+        if confidence is None:
+            return threshold_for_sensitivity(labels, probabilities, target)
+        return operating.robust_threshold(
+            labels, probabilities, target, confidence=confidence, groups=groups
+        )
+
+    threshold = choose(target_sensitivity)
+    doubt = choose(doubt_sensitivity) if doubt_sensitivity is not None else None
+    if doubt is not None:
+        doubt = min(doubt, threshold)
     metrics: dict[str, Any] = {
         "n": int(labels.size),
         "auroc": auroc(labels, probabilities),
@@ -338,9 +432,20 @@ def calibrate(
         "ece_uncalibrated": expected_calibration_error(labels, 1.0 / (1.0 + np.exp(-logits))),
     }
     metrics.update(operating_point(labels, probabilities, threshold))
+    if doubt is not None:
+        metrics["doubt"] = {"threshold": doubt, **operating_point(labels, probabilities, doubt)}
+    if confidence is not None:
+        metrics["threshold_method"] = operating.describe(confidence)
+        metrics["out_of_sample"] = operating.split_half_check(
+            labels,
+            probabilities,
+            {"fracture": target_sensitivity, "doubt": doubt_sensitivity or target_sensitivity},
+            confidence=confidence,
+            groups=groups,
+        )
     per_region: dict[str, float] = {}
     if regions and outputs.shape[1] > 1:
-        predicted = np.asarray(regions)[outputs[:, 1:].argmax(axis=1)]
+        predicted = np.asarray(regions)[outputs[:, 1 : 1 + len(regions)].argmax(axis=1)]
         if region_targets is not None:
             known = region_targets >= 0
             truth = np.asarray(regions)[region_targets[known]]
@@ -355,7 +460,7 @@ def calibrate(
                 min_fractures=min_region_fractures,
             )
             metrics["region_thresholds"] = report
-    return Calibration(offset, temperature, threshold, metrics, per_region)
+    return Calibration(offset, temperature, threshold, metrics, per_region, doubt)
 
 
 def choose_region_thresholds(
@@ -417,14 +522,19 @@ def make_checkpoint(
     calibration: Calibration,
     extra: dict[str, Any],
     regions: tuple[str, ...] = (),
+    *,
+    heat: bool = False,
 ) -> ckpt.Checkpoint:
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    state[head_linear_name(net) + ".bias"] += calibration.logit_offset
+    head = "fracture" if isinstance(net, architectures.HeatNet) else head_linear_name(net)
+    state[head + ".bias"] += calibration.logit_offset
     arch_kwargs: dict[str, Any] = {"size": config.size} if config.arch == "seed_cnn" else {}
     checkpoint = ckpt.Checkpoint(
         arch=config.arch,
         state_dict=state,
-        preset=Preset(size=config.size),
+        preset=Preset(size=config.size, letterbox=config.letterbox),
+        heat=heat,
+        doubt_threshold=calibration.doubt_threshold,
         threshold=calibration.threshold,
         temperature=calibration.temperature,
         arch_kwargs=arch_kwargs,
@@ -446,8 +556,8 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _build_network(config: TrainConfig, regions: int) -> nn.Module:
-    kwargs: dict[str, Any] = {"regions": regions}
+def _build_network(config: TrainConfig, regions: int, heat: bool = False) -> nn.Module:
+    kwargs: dict[str, Any] = {"regions": regions, "heat": heat}
     if config.arch == "seed_cnn":
         kwargs["size"] = config.size
     if config.weights is not None:
@@ -466,8 +576,22 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
     train_samples, val_samples = scan(train_dir), scan(val_dir)
     cache_size = max(config.size, round(config.size * config.cache_scale))
     log.info("decoding %d train + %d val images", len(train_samples), len(val_samples))
-    train_set = load_images(train_samples, size=cache_size, threads=config.threads)
-    val_set = load_images(val_samples, size=config.size, exact=True, threads=config.threads)
+    outlines = _outlines(config)
+    train_set = load_images(
+        train_samples,
+        size=cache_size,
+        threads=config.threads,
+        letterbox=config.letterbox,
+        outlines=outlines,
+    )
+    val_set = load_images(
+        val_samples,
+        size=config.size,
+        exact=True,
+        threads=config.threads,
+        letterbox=config.letterbox,
+        outlines=outlines,
+    )
     n_pos, n_neg = train_set.n_positive, len(train_set) - train_set.n_positive
     if n_pos == 0 or n_neg == 0:
         raise ValueError("training data needs both fractured and not-fractured images")
@@ -479,8 +603,11 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
     )  # fmt: skip
     val_labels = val_set.labels.numpy().astype(int)
     regions, train_regions, val_regions = _region_targets(config, train_set, val_set)
+    val_groups = _groups(config, val_set)
+    heat = outlines is not None
+    grid = config.size // 16
 
-    net = _build_network(config, len(regions)).to(memory_format=torch.channels_last)
+    net = _build_network(config, len(regions), heat).to(memory_format=torch.channels_last)
     frozen = frozen_modules(
         net, config.arch, config.freeze_blocks if config.starts_pretrained else 0
     )
@@ -497,7 +624,8 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
     )
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
     region_loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
-    preset = Preset(size=config.size)
+    heat_loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(config.heat_pos_weight))
+    preset = Preset(size=config.size, letterbox=config.letterbox)
 
     state_path = config.state_dir / "state.pt"
     best_path = config.state_dir / "best.pt"
@@ -557,7 +685,11 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
             if len(index) < 2:
                 continue
-            batch = augment(train_set.as_float(index), config.size, config, generator)
+            raw = jpeg_roundtrip(train_set.images[index].unsqueeze(1), config.jpeg, generator)
+            masks = None
+            if heat and train_set.masks is not None:
+                masks = train_set.masks[index].unsqueeze(1).float().div_(255.0)
+            batch, masks = augment(raw.float().div_(255.0), config.size, config, generator, masks)
             batch = preset.normalise(batch).contiguous(memory_format=torch.channels_last)
             target = train_set.labels[index]
             if config.label_smoothing:
@@ -567,8 +699,13 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
             if regions:
                 region_target = train_regions[index]
                 if bool((region_target >= 0).any()):
-                    region_loss = region_loss_fn(outputs[:, 1:], region_target)
+                    region_loss = region_loss_fn(outputs[:, 1 : 1 + len(regions)], region_target)
                     loss = loss + config.region_weight * region_loss
+            if masks is not None:
+                heat_logits = outputs[:, 1 + len(regions) :]
+                loss = loss + config.heat_weight * heat_loss_fn(
+                    heat_logits, heat_targets(masks, grid)
+                )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -592,15 +729,18 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
         if regions:
             known = val_regions >= 0
             record["val_region_accuracy"] = float(
-                (outputs[known, 1:].argmax(axis=1) == val_regions[known]).mean()
+                (outputs[known, 1 : 1 + len(regions)].argmax(axis=1) == val_regions[known]).mean()
             )
+        if heat and val_set.masks is not None:
+            record["val_pointing"] = _pointing(outputs[:, 1 + len(regions) :], val_set, grid)
         history.append(record)
         log.info(
-            "epoch %d: loss %.4f, val AUROC %.4f%s (%.0f s)",
+            "epoch %d: loss %.4f, val AUROC %.4f%s%s (%.0f s)",
             epoch + 1,
             record["train_loss"],
             val_auroc,
             f", region accuracy {record['val_region_accuracy']:.3f}" if regions else "",
+            f", pointing {record['val_pointing']:.3f}" if "val_pointing" in record else "",
             record["seconds"],
         )
         if val_auroc > best_auroc:
@@ -614,11 +754,16 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
                 region_targets=val_regions,
                 region_thresholds=config.region_thresholds,
                 min_region_fractures=config.min_region_fractures,
+                doubt_sensitivity=config.doubt_sensitivity,
+                confidence=config.threshold_confidence,
+                groups=val_groups,
             )
             extra = _extra(
                 config, calibration, history, train_set, val_set, pos_weight, best_epoch, started
             )
-            ckpt.save(make_checkpoint(scored, config, calibration, extra, regions), best_path)
+            ckpt.save(
+                make_checkpoint(scored, config, calibration, extra, regions, heat=heat), best_path
+            )
             log.info(
                 "new best: val AUROC %.4f, threshold %.3f → sensitivity %.3f, specificity %.3f",
                 val_auroc, calibration.threshold, calibration.val_metrics["sensitivity"],
@@ -676,6 +821,8 @@ def recalibrate(
     min_region_fractures: int = MIN_FRACTURES_FOR_REGION_THRESHOLD,
     flip_tta: bool | None = None,
     threads: int = 2,
+    doubt_sensitivity: float | None = 0.95,
+    confidence: float | None = 0.8,
 ) -> ckpt.Checkpoint:
     """Fit temperature and threshold(s) of a trained checkpoint again, on a labelled folder.
 
@@ -688,7 +835,13 @@ def recalibrate(
     checkpoint = ckpt.load(model)
     if flip_tta is not None:
         checkpoint.flip_tta = flip_tta
-    images = load_images(scan(data), size=checkpoint.preset.size, exact=True, threads=threads)
+    images = load_images(
+        scan(data),
+        size=checkpoint.preset.size,
+        exact=True,
+        threads=threads,
+        letterbox=checkpoint.preset.letterbox,
+    )
     labels = images.labels.numpy().astype(int)
     # In the checkpoint's inference mode; the prior offset is already in the head bias.
     outputs = raw_outputs(checkpoint, images).numpy()
@@ -707,9 +860,13 @@ def recalibrate(
         region_targets=region_targets,
         region_thresholds=region_thresholds,
         min_region_fractures=min_region_fractures,
+        doubt_sensitivity=doubt_sensitivity,
+        confidence=confidence,
+        groups=image_groups(images.paths, read_labels(labels_csv)) if labels_csv else None,
     )
     checkpoint.temperature = calibration.temperature
     checkpoint.threshold = calibration.threshold
+    checkpoint.doubt_threshold = calibration.doubt_threshold
     checkpoint.region_thresholds = calibration.region_thresholds
     checkpoint.extra["val_metrics"] = calibration.val_metrics
     checkpoint.extra["recalibrated_on"] = {
@@ -726,6 +883,48 @@ def recalibrate(
         checkpoint.region_thresholds or "none",
     )  # fmt: skip
     return checkpoint
+
+
+def _outlines(config: TrainConfig) -> dict[str, Outlines] | None:
+    """The radiologists' outlines beside the data, when the heat head is wanted and they exist."""
+    if config.heat_weight <= 0:
+        return None
+    path = annotations.find(config.data)
+    if path is None:
+        log.info("no annotations.json beside the data: training without a heat head")
+        return None
+    outlines = annotations.load(path)
+    log.info("heat head trained on %d outlined images (%s)", len(outlines), path)
+    return outlines
+
+
+def _groups(config: TrainConfig, images: ImageSet) -> np.ndarray | None:
+    """Each image's study group from labels.csv (its own file name where unlisted)."""
+    labels_csv = find_labels_csv(config.data)
+    if labels_csv is None:
+        return None
+    return image_groups(images.paths, read_labels(labels_csv))
+
+
+def image_groups(paths: Sequence[Path], info: dict[str, ImageInfo]) -> np.ndarray:
+    return np.array(
+        [
+            (known.group if (known := info.get(p.name)) and known.group else f"file:{p.name}")
+            for p in paths
+        ]
+    )
+
+
+def _pointing(heat_logits: np.ndarray, images: ImageSet, grid: int) -> float:
+    """Share of outlined images whose hottest heat-map cell touches a radiologist's box."""
+    assert images.masks is not None
+    cells = F.adaptive_max_pool2d(images.masks.float().unsqueeze(1), grid).flatten(1) > 0
+    outlined = cells.any(dim=1)
+    if not bool(outlined.any()):
+        return 0.0
+    top = torch.as_tensor(heat_logits).argmax(dim=1)
+    hits = cells[torch.arange(len(top)), top]
+    return float(hits[outlined].float().mean())
 
 
 def _region_targets(

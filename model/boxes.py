@@ -1,0 +1,80 @@
+"""Fracture boxes read off the heat map, and mapped back to the original image's pixels.
+
+The heat head gives a (G, G) map of fracture probability over the network input. Boxes are
+found greedily: the hottest point, the connected area around it that stays above half its
+value, its bounding box; that area is then cleared and the next peak taken, down to `floor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from model.preprocess import Preset
+
+UPSAMPLE = 4  # boxes are found on the map upsampled to a quarter of the input resolution
+MAX_BOXES = 5
+Box = tuple[float, float, float, float, float]  # x, y, width, height, score
+
+
+def from_heat(
+    heat: np.ndarray, size: int, *, floor: float = 0.05, max_boxes: int = MAX_BOXES
+) -> list[Box]:
+    """(G, G) probabilities over a size×size input → boxes in input pixels, best first."""
+    from scipy import ndimage
+
+    side = max(heat.shape[0], size // UPSAMPLE)
+    fine = np.asarray(
+        Image.fromarray(heat.astype(np.float32), mode="F").resize(
+            (side, side), Image.Resampling.BILINEAR
+        ),
+        dtype=np.float32,
+    ).copy()
+    # The upsampled map's peaks must keep the grid's values (the scores are probabilities).
+    fine = np.clip(fine, 0.0, float(heat.max()))
+    cell = size / side
+    boxes: list[Box] = []
+    while len(boxes) < max_boxes:
+        peak = float(fine.max())
+        if peak < floor:
+            break
+        y, x = np.unravel_index(int(fine.argmax()), fine.shape)
+        labelled, _ = ndimage.label(fine >= peak / 2.0)
+        area = labelled == labelled[y, x]
+        rows, cols = np.flatnonzero(area.any(axis=1)), np.flatnonzero(area.any(axis=0))
+        top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        boxes.append((left * cell, top * cell, (right - left) * cell, (bottom - top) * cell, peak))
+        fine[area] = 0.0
+    return boxes
+
+
+def to_original(
+    boxes: Sequence[Box],
+    preset: Preset,
+    *,
+    pixels_shape: tuple[int, int],
+    original_size: tuple[int, int],
+) -> list[list[float]]:
+    """Boxes in input pixels → [x, y, width, height, score] in the original image's pixels.
+
+    `pixels_shape` is the (height, width) the preset saw (a JPEG may decode at reduced
+    scale); `original_size` the upright (width, height) of the file after EXIF rotation.
+    Padding of a letterboxed input is removed and boxes are clipped to the image.
+    """
+    height, width = pixels_shape
+    scale_x, scale_y, left, top = preset.geometry(height, width)
+    to_x, to_y = original_size[0] / width, original_size[1] / height
+    out: list[list[float]] = []
+    for x, y, w, h, score in boxes:
+        x0 = min(max((x - left) / scale_x, 0.0), width) * to_x
+        y0 = min(max((y - top) / scale_y, 0.0), height) * to_y
+        x1 = min(max((x + w - left) / scale_x, 0.0), width) * to_x
+        y1 = min(max((y + h - top) / scale_y, 0.0), height) * to_y
+        if x1 - x0 < 1e-6 or y1 - y0 < 1e-6:
+            continue  # entirely in the padding
+        out.append(
+            [round(x0, 1), round(y0, 1), round(x1 - x0, 1), round(y1 - y0, 1), round(score, 4)]
+        )
+    return out

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import hmac
 import io
+import json
 import logging
 import os
 import time
@@ -218,12 +219,15 @@ EXPORT_COLUMNS = (
     "source",
     "status",
     "label",
+    "verdict",
     "probability",
     "threshold",
+    "doubt_threshold",
     "threshold_source",
     "region",
     "region_probability",
     "region_disagrees",
+    "boxes",
     "model_version",
     "predicted_at_utc",
     "review_verdict",
@@ -262,12 +266,15 @@ def export_record(row: browse.BrowseRow) -> tuple[object, ...]:
             row.source,
             row.status,
             row.label,
+            row.verdict,
             row.probability,
             row.threshold,
+            row.doubt_threshold,
             row.threshold_source,
             row.region,
             row.region_probability,
             row.region_disagrees,
+            None if row.boxes is None else json.dumps(row.boxes),
             row.model_version,
             row.predicted_at,
             review.verdict if review else None,
@@ -335,3 +342,59 @@ def apply_window(
     if invert:
         out = 1.0 - out
     return (out * 255.0 + 0.5).astype(np.uint8)
+
+
+# -- fracture boxes ----------------------------------------------------------------------------
+
+Box = tuple[float, float, float, float, float]  # x, y, width, height, score
+BOX_COLOUR = (255, 0, 170)  # magenta: absent from greyscale and from the jet heat map
+BOX_OUTLINE = (0, 0, 0)
+
+
+def valid_boxes(raw: object) -> list[Box]:
+    """Stored boxes ([x, y, width, height, score] lists) that can be drawn; malformed entries
+    (wrong length, not numbers, not finite, empty area) are left out and logged."""
+    if not isinstance(raw, list | tuple):
+        return []
+    boxes: list[Box] = []
+    for entry in raw:
+        try:
+            x, y, w, h, score = (float(v) for v in entry)
+        except (TypeError, ValueError):
+            log.warning("stored box %r is not [x, y, width, height, score]; not drawn", entry)
+            continue
+        if not all(np.isfinite((x, y, w, h, score))) or w <= 0 or h <= 0:
+            log.warning("stored box %r has no area or a non-finite value; not drawn", entry)
+            continue
+        boxes.append((x, y, w, h, score))
+    return boxes
+
+
+def draw_boxes(image: np.ndarray, boxes: list[Box], original_size: tuple[int, int]) -> np.ndarray:
+    """Fracture boxes, given in the original image's pixels (upright (width, height)), drawn
+    with their scores on a displayed copy of any size (greyscale or RGB uint8): RGB uint8."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw, ImageFont
+
+    canvas = PILImage.fromarray(image).convert("RGB")
+    width, height = canvas.size
+    scale_x, scale_y = width / max(original_size[0], 1), height / max(original_size[1], 1)
+    line = max(2, round(max(width, height) / 300))
+    font = ImageFont.load_default(size=max(11, round(max(width, height) / 45)))
+    draw = ImageDraw.Draw(canvas)
+    for x, y, w, h, score in boxes:
+        left, top = x * scale_x, y * scale_y
+        right, bottom = (x + w) * scale_x, (y + h) * scale_y
+        # A dark edge under the coloured one keeps the box visible on bright bone and on red.
+        draw.rectangle((left, top, right, bottom), outline=BOX_OUTLINE, width=line + 2)
+        draw.rectangle((left + 1, top + 1, right - 1, bottom - 1), outline=BOX_COLOUR, width=line)
+        text = f"{score:.2f}"
+        text_left, text_top, text_right, text_bottom = draw.textbbox((0, 0), text, font=font)
+        tag_w, tag_h = text_right - text_left + 2 * line, text_bottom - text_top + 2 * line
+        tag_x = min(max(left, 0.0), max(width - tag_w, 0.0))
+        tag_y = top - tag_h if top - tag_h >= 0 else top  # above the box, or inside at the top
+        draw.rectangle((tag_x, tag_y, tag_x + tag_w, tag_y + tag_h), fill=BOX_COLOUR)
+        draw.text(
+            (tag_x + line - text_left, tag_y + line - text_top), text, fill=(0, 0, 0), font=font
+        )
+    return np.asarray(canvas)

@@ -17,8 +17,8 @@ import numpy as np
 import streamlit as st
 
 from dashboard import services
-from db import browse, queries
-from db.models import Image, ImageStatus, Prediction
+from db import browse
+from db.models import Image, ImageStatus, Prediction, Verdict
 from db.session import transaction
 
 if TYPE_CHECKING:
@@ -27,6 +27,16 @@ if TYPE_CHECKING:
 LABEL_TEXT = {
     browse.POSITIVE_LABEL: "Fracture suspected",
     browse.NEGATIVE_LABEL: "No fracture suspected",
+}
+VERDICT_TEXT: dict[str, str] = {
+    Verdict.FRACTURE: "Fracture suspected",
+    Verdict.DOUBT: "Doubt — review",
+    Verdict.NO_FRACTURE: "No fracture suspected",
+}
+VERDICT_CLASS: dict[str, str] = {
+    Verdict.FRACTURE: "pos",
+    Verdict.DOUBT: "doubt",
+    Verdict.NO_FRACTURE: "neg",
 }
 STATUS_TEXT: dict[str, str] = {
     ImageStatus.QUEUED: "Queued",
@@ -43,19 +53,23 @@ _CSS = """
 .fx-card {border: 1px solid rgba(128,128,128,.35); border-radius: .5rem; padding: .9rem 1rem;}
 .fx-card.pos {border-left: 6px solid #e03131; background: rgba(224,49,49,.07);}
 .fx-card.neg {border-left: 6px solid #1c7ed6; background: rgba(28,126,214,.06);}
+.fx-card.doubt {border-left: 6px solid #e67700; background: rgba(230,119,0,.08);}
 .fx-card.fail {border-left: 6px solid #868e96; background: rgba(134,142,150,.08);}
 .fx-label {font-size: 1.45rem; font-weight: 700; letter-spacing: .01em; line-height: 1.2;}
 .fx-card.pos .fx-label {color: #e03131;}
 .fx-card.neg .fx-label {color: #1c7ed6;}
+.fx-card.doubt .fx-label {color: #e67700;}
 .fx-prob {font-size: 1.0rem; margin: .35rem 0 .2rem 0; font-variant-numeric: tabular-nums;}
-.fx-bar {position: relative; height: 14px; border-radius: 7px; margin: .4rem 0 .15rem 0;
-  background: linear-gradient(90deg, rgba(28,126,214,.25), rgba(224,49,49,.25));}
+.fx-bar {position: relative; height: 14px; border-radius: 7px; margin: .4rem 0 .15rem 0;}
 .fx-fill {position: absolute; top: 0; left: 0; bottom: 0; border-radius: 7px;
   background: rgba(128,128,128,.55);}
 .fx-card.pos .fx-fill {background: #e03131;}
 .fx-card.neg .fx-fill {background: #1c7ed6;}
+.fx-card.doubt .fx-fill {background: #e67700;}
 .fx-thr {position: absolute; top: -4px; bottom: -4px; width: 3px; background: currentColor;
   border-radius: 1px;}
+.fx-thr.doubt {width: 2px; opacity: .7;}
+.fx-ops {font-size: .85rem; opacity: .9; font-variant-numeric: tabular-nums;}
 .fx-scale {position: relative; height: 1.1rem; font-size: .75rem; opacity: .75;
   font-variant-numeric: tabular-nums;}
 .fx-scale span {position: absolute; top: 0; white-space: nowrap;}
@@ -214,10 +228,72 @@ def region_line(prediction: Prediction) -> str | None:
     return f"{prediction.region}, {prediction.region_probability:.0%}"
 
 
+def verdict_of(prediction: Prediction) -> str:
+    """The prediction's three-way answer; a row without one answers as its label implies."""
+    if prediction.verdict in VERDICT_TEXT:
+        return str(prediction.verdict)
+    return Verdict.FRACTURE if prediction.label == browse.POSITIVE_LABEL else Verdict.NO_FRACTURE
+
+
+def verdict_text(verdict: str | None) -> str:
+    return VERDICT_TEXT.get(verdict or "", verdict or "—")
+
+
+def operating_points(prediction: Prediction) -> str:
+    """The probability and both operating points in one line: "p = 0.412; fracture at ≥ 0.350,
+    doubt at ≥ 0.120"."""
+    text = f"p = {prediction.probability:.3f}; fracture at ≥ {prediction.threshold:.3f}"
+    if prediction.doubt_threshold is None:
+        return text + " (one operating point: no doubt band for this model)"
+    return text + f", doubt at ≥ {prediction.doubt_threshold:.3f}"
+
+
+def _bar(prediction: Prediction) -> str:
+    """The probability bar: zones no fracture / doubt / fracture, the operating points marked."""
+    probability = min(max(prediction.probability, 0.0), 1.0)
+    threshold = min(max(prediction.threshold, 0.0), 1.0)
+    doubt = prediction.doubt_threshold
+    doubt = None if doubt is None else min(max(doubt, 0.0), threshold)
+    low = threshold if doubt is None else doubt
+    zones = (
+        f"rgba(28,126,214,.22) 0 {low * 100:.1f}%, "
+        f"rgba(230,119,0,.28) {low * 100:.1f}% {threshold * 100:.1f}%, "
+        f"rgba(224,49,49,.22) {threshold * 100:.1f}% 100%"
+    )
+    marks = (
+        f'<div class="fx-thr" style="left:calc({threshold * 100:.1f}% - 1px)" '
+        f'title="fracture at ≥ {threshold:.3f}"></div>'
+    )
+    scale = f"fracture {threshold:.2f}"
+    if doubt is not None:
+        marks += (
+            f'<div class="fx-thr doubt" style="left:calc({doubt * 100:.1f}% - 1px)" '
+            f'title="doubt at ≥ {doubt:.3f}"></div>'
+        )
+    labels = [(threshold, scale)]
+    if doubt is not None:
+        if threshold - doubt >= 0.2:
+            labels.append((doubt, f"doubt {doubt:.2f}"))
+        else:  # too close for two labels: one, between the marks
+            labels = [((threshold + doubt) / 2, f"doubt {doubt:.2f} · {scale}")]
+    scale_html = "".join(
+        f'<span class="t" style="left:{min(max(at, 0.14), 0.86) * 100:.1f}%">{text}</span>'
+        for at, text in labels
+    )
+    return (
+        f'<div class="fx-bar" style="background:linear-gradient(90deg, {zones})" '
+        f'title="probability {probability:.3f}">'
+        f'<div class="fx-fill" style="width:{probability * 100:.1f}%"></div>{marks}</div>'
+        f'<div class="fx-scale"><span style="left:0">0</span>{scale_html}'
+        '<span style="right:0">1</span></div>'
+    )
+
+
 def verdict_card(
     image: Image, prediction: Prediction | None, *, waited_s: float | None = None
 ) -> None:
-    """Label, probability bar with the threshold marked, model version, time taken."""
+    """The three-way answer, the probability against both operating points, model version,
+    time taken."""
     if prediction is None:
         if image.status == ImageStatus.FAILED:
             body = (
@@ -231,9 +307,7 @@ def verdict_card(
             )
         st.markdown(f'<div class="fx-card fail">{body}</div>', unsafe_allow_html=True)
         return
-    positive = prediction.label == browse.POSITIVE_LABEL
-    probability = min(max(prediction.probability, 0.0), 1.0)
-    threshold = min(max(prediction.threshold, 0.0), 1.0)
+    verdict = verdict_of(prediction)
     timing = [f"model {prediction.inference_ms:.0f} ms (batch of {prediction.batch_size})"]
     if waited_s is not None:
         timing.insert(0, f"answered in {waited_s:.1f} s")
@@ -244,22 +318,21 @@ def verdict_card(
         f"Analysed {html.escape(local_time(prediction.created_at))}",
     ]
     region = region_line(prediction)
-    heading = label_text(prediction.label) + (f" — {region}" if region else "")
+    heading = verdict_text(verdict) + (f" — {region}" if region else "")
     st.markdown(
-        f'<div class="fx-card {"pos" if positive else "neg"}">'
+        f'<div class="fx-card {VERDICT_CLASS.get(verdict, "fail")}">'
         f'<div class="fx-label">{html.escape(heading)}</div>'
-        f'<div class="fx-prob">Fracture probability <b>{prediction.probability:.3f}</b> '
-        f"{'≥' if positive else '<'} threshold {prediction.threshold:.3f}</div>"
-        f'<div class="fx-bar" title="probability {probability:.3f}">'
-        f'<div class="fx-fill" style="width:{probability * 100:.1f}%"></div>'
-        f'<div class="fx-thr" style="left:calc({threshold * 100:.1f}% - 1px)" '
-        f'title="threshold {threshold:.3f}"></div></div>'
-        '<div class="fx-scale"><span style="left:0">0</span>'
-        f'<span class="t" style="left:{min(max(threshold, 0.12), 0.88) * 100:.1f}%">'
-        f'threshold {threshold:.2f}</span><span style="right:0">1</span></div>'
+        f'<div class="fx-prob">Fracture probability <b>{prediction.probability:.3f}</b></div>'
+        f'<div class="fx-ops">{html.escape(operating_points(prediction))}</div>'
+        f"{_bar(prediction)}"
         f'<div class="fx-meta">{"<br>".join(meta)}</div></div>',
         unsafe_allow_html=True,
     )
+    if verdict == Verdict.DOUBT:
+        st.caption(
+            "Doubt: the probability lies between the two operating points — below the "
+            "fracture threshold, above the more sensitive doubt threshold. Look again."
+        )
     if prediction.region_disagrees:
         st.warning(
             f"The file says body part {image.body_part!r}, but the model sees "
@@ -274,12 +347,42 @@ def verdict_card(
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _pixels(path: str, sha256: str, max_pixels: int) -> np.ndarray:
+def _decoded(path: str, sha256: str, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Display pixels and the original's upright (width, height), the frame boxes are in."""
     from model.decode import decode
     from worker.processing import read_verified
 
     decoded = decode(read_verified(path, sha256), target_size=None, max_pixels=max_pixels)
-    return services.display_pixels(decoded.pixels)
+    return services.display_pixels(decoded.pixels), decoded.upright_size
+
+
+def _pixels(path: str, sha256: str, max_pixels: int) -> np.ndarray:
+    return _decoded(path, sha256, max_pixels)[0]
+
+
+def boxes_of(prediction: Prediction | None) -> list[services.Box] | None:
+    """The prediction's drawable fracture boxes; None when its model draws none."""
+    if prediction is None or prediction.boxes is None:
+        return None
+    return services.valid_boxes(prediction.boxes)
+
+
+def boxes_note(boxes: list[services.Box] | None, shown: bool) -> str:
+    """What the caption says about the boxes."""
+    if boxes is None:
+        return ""
+    if not boxes:
+        return " · no fracture region marked"
+    if not shown:
+        return " · fracture boxes hidden"
+    scores = ", ".join(f"{b[4]:.2f}" for b in boxes)
+    return f" · {len(boxes)} fracture box{'es' if len(boxes) > 1 else ''} (score {scores})"
+
+
+def _with_boxes(
+    shown: np.ndarray, boxes: list[services.Box] | None, original_size: tuple[int, int]
+) -> np.ndarray:
+    return services.draw_boxes(shown, boxes, original_size) if boxes else shown
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -313,12 +416,20 @@ def _reset_window(key: str) -> None:
     st.session_state[f"{key}-invert"] = False
 
 
-def viewer(image: Image, settings_max_pixels: int, *, key: str) -> None:
-    """The radiograph with window/level (centre/width, % of the stored range) and invert."""
+def viewer(
+    image: Image,
+    settings_max_pixels: int,
+    *,
+    key: str,
+    boxes: list[services.Box] | None = None,
+    show_boxes: bool = True,
+) -> None:
+    """The radiograph with window/level (centre/width, % of the stored range) and invert, and
+    the fracture boxes (when shown) with their scores."""
     from model.decode import DecodeError
 
     try:
-        pixels = _pixels(image.path, image.sha256, settings_max_pixels)
+        pixels, original_size = _decoded(image.path, image.sha256, settings_max_pixels)
     except DecodeError as exc:
         st.info(f"The original cannot be shown: {exc}", icon=":material/hide_image:")
         return
@@ -327,9 +438,12 @@ def viewer(image: Image, settings_max_pixels: int, *, key: str) -> None:
     level = st.session_state[f"{key}-level"]
     width = st.session_state[f"{key}-width"]
     invert = st.session_state.get(f"{key}-invert", False)
+    windowed = services.apply_window(pixels, level / 100, width / 100, invert=invert)
     st.image(
-        services.apply_window(pixels, level / 100, width / 100, invert=invert),
-        caption=f"Original · level {level}% · window {width}%" + (" · inverted" if invert else ""),
+        _with_boxes(windowed, boxes if show_boxes else None, original_size),
+        caption=f"Original · level {level}% · window {width}%"
+        + (" · inverted" if invert else "")
+        + boxes_note(boxes, show_boxes),
         width="stretch",
     )
     left, right = st.columns(2)
@@ -341,47 +455,65 @@ def viewer(image: Image, settings_max_pixels: int, *, key: str) -> None:
     c.button("Reset", key=f"{key}-reset", on_click=_reset_window, args=(key,))
 
 
-def heatmap(dashboard: services.Dashboard, image: Image, prediction: Prediction | None) -> None:
-    """The stored Grad-CAM overlay, or one computed now on request (not stored)."""
-    caption = "Grad-CAM: where the model's evidence lies; not an outline of the fracture"
+GRAD_CAM_CAPTION = "Grad-CAM: where the model's evidence lies; not an outline of the fracture"
+HEAT_CAPTION = "Fracture heat map: where the model, trained on radiologists' outlines, sees one"
+
+
+def heatmap(
+    dashboard: services.Dashboard,
+    image: Image,
+    prediction: Prediction | None,
+    *,
+    show_boxes: bool = True,
+) -> None:
+    """The stored heat map overlay (the model's own fracture map, or Grad-CAM for a model
+    without one), or one computed now on request (not stored); boxes drawn over it."""
     if prediction is None:
         st.caption("No heatmap: the image has no prediction.")
         return
-    if prediction.heatmap_path and Path(prediction.heatmap_path).is_file():
-        from model.decode import DecodeError
+    boxes = boxes_of(prediction)
+    drawn = boxes if show_boxes else None
+    # A model that draws boxes has a heat head: its stored map is that head's, not Grad-CAM.
+    caption = GRAD_CAM_CAPTION if boxes is None else HEAT_CAPTION
+    from model.decode import DecodeError
 
+    if prediction.heatmap_path and Path(prediction.heatmap_path).is_file():
         try:
             shown = _stored_heatmap(
                 prediction.heatmap_path, image.path, image.sha256, dashboard.settings.max_pixels
             )
+            if not isinstance(shown, str) and drawn:
+                original_size = _decoded(image.path, image.sha256, dashboard.settings.max_pixels)[1]
+                shown = _with_boxes(shown, drawn, original_size)
         except (DecodeError, OSError, ValueError) as exc:
             st.info(f"The stored heatmap cannot be shown: {exc}", icon=":material/hide_image:")
             return
-        st.image(shown, caption=caption, width="stretch")
+        st.image(shown, caption=caption + boxes_note(boxes, show_boxes), width="stretch")
         return
     settings = dashboard.settings
     state_key = f"heatmap-{prediction.id}"
     if st.session_state.get(state_key):
-        from model.decode import DecodeError
-
         try:
             overlay = _heatmap_now(
                 image.path, image.sha256, str(settings.resolved_model_path), settings.max_pixels
             )
+            original_size = _decoded(image.path, image.sha256, settings.max_pixels)[1]
         except (DecodeError, OSError, ValueError) as exc:
             st.info(f"A heatmap cannot be computed: {exc}", icon=":material/hide_image:")
             return
-        note = ""
         loaded = classifier(str(settings.resolved_model_path), settings.max_pixels)
+        caption = HEAT_CAPTION if loaded.checkpoint.heat else GRAD_CAM_CAPTION
+        note = ""
         if loaded.version != prediction.model_version:
             note = f" · computed with {loaded.version}, not the model that made this prediction"
         st.image(
-            overlay,
-            caption=f"{caption} · computed on request, not stored{note}",
+            _with_boxes(overlay, drawn, original_size),
+            caption=f"{caption} · computed on request, not stored{note}"
+            + boxes_note(boxes, show_boxes),
             width="stretch",
         )
         return
-    st.caption("No stored heatmap: the worker stores one for positive findings only.")
+    st.caption("No stored heatmap: the worker stores one for fracture and doubt answers only.")
     if st.button("Compute heatmap", key=f"{state_key}-btn", icon=":material/blur_on:"):
         st.session_state[state_key] = True
         st.rerun()
@@ -429,9 +561,12 @@ def fields(image: Image, prediction: Prediction | None) -> list[tuple[str, str]]
         rows += [
             ("Prediction id", prediction.id),
             ("Model version", prediction.model_version),
+            ("Verdict", verdict_text(verdict_of(prediction))),
             ("Label", prediction.label),
             ("Probability", prediction.probability),
             ("Threshold", prediction.threshold),
+            ("Doubt threshold", prediction.doubt_threshold),
+            ("Fracture boxes", _boxes_field(prediction.boxes)),
             ("Threshold source", prediction.threshold_source),
             ("Region", prediction.region),
             ("Region probability", prediction.region_probability),
@@ -442,6 +577,18 @@ def fields(image: Image, prediction: Prediction | None) -> list[tuple[str, str]]
             ("Predicted", prediction.created_at),
         ]
     return [(name, text(value)) for name, value in rows]
+
+
+def _boxes_field(raw: list[list[float]] | None) -> str | None:
+    """Stored boxes as text: "[x, y, width, height, score]; …" in original pixels."""
+    if raw is None:
+        return None  # this model draws no boxes
+    boxes = services.valid_boxes(raw)
+    if not boxes:
+        return "none found"
+    return "; ".join(
+        f"[{x:.0f}, {y:.0f}, {w:.0f}, {h:.0f}, {score:.2f}]" for x, y, w, h, score in boxes
+    )
 
 
 def fields_table(image: Image, prediction: Prediction | None) -> None:
@@ -463,6 +610,8 @@ def review_panel(dashboard: services.Dashboard, prediction: Prediction) -> None:
         if prediction.label == browse.POSITIVE_LABEL
         else browse.POSITIVE_LABEL
     )
+    # A doubt has no finding to confirm: the reader settles it one way or the other.
+    doubt = verdict_of(prediction) == Verdict.DOUBT
     st.markdown('<div class="fx-gap"></div>', unsafe_allow_html=True)
     st.markdown("**Reader review**")
     with st.form(f"review-{prediction.id}", clear_on_submit=True, border=False):
@@ -471,10 +620,14 @@ def review_panel(dashboard: services.Dashboard, prediction: Prediction) -> None:
         )
         note = st.text_area("Note (optional)", height=68)
         confirm = st.form_submit_button(
-            f"Confirm: {label_text(prediction.label)}", icon=":material/check:", width="stretch"
+            f"{'Reader sees' if doubt else 'Confirm'}: {label_text(prediction.label)}",
+            icon=":material/check:",
+            width="stretch",
         )
         correct = st.form_submit_button(
-            f"Correct to: {label_text(other)}", icon=":material/edit:", width="stretch"
+            f"{'Reader sees' if doubt else 'Correct to'}: {label_text(other)}",
+            icon=":material/edit:",
+            width="stretch",
         )
     if confirm or correct:
         try:
@@ -510,6 +663,20 @@ def review_panel(dashboard: services.Dashboard, prediction: Prediction) -> None:
         )
 
 
+def earlier_predictions(predictions: list[Prediction]) -> list[dict[str, object]]:
+    """Rows for the history expander: every prediction but the latest, newest first."""
+    newest_first = sorted(predictions, key=lambda p: (p.created_at, p.id), reverse=True)
+    return [
+        {
+            "Model version": p.model_version,
+            "Predicted": local_time(p.created_at),
+            "Verdict": verdict_text(verdict_of(p)),
+            "Probability": round(p.probability, 3),
+        }
+        for p in newest_first[1:]
+    ]
+
+
 def detail(
     dashboard: services.Dashboard,
     image_id: int,
@@ -518,23 +685,25 @@ def detail(
     waited_s: float | None = None,
     key: str = "detail",
 ) -> Image | None:
-    """One image: original with window/level, heatmap, verdict, review, every stored field."""
+    """One image: original with window/level and fracture boxes, heatmap, verdict, review,
+    earlier predictions, every stored field."""
     with dashboard.factory() as session:
         image = browse.image_detail(session=session, image_id=image_id)
     if image is None:
         st.warning(f"There is no image #{image_id}.")
         return None
-    predictions = sorted(image.predictions, key=lambda p: p.created_at, reverse=True)
-    prediction = next((p for p in predictions if p.id == prediction_id), None) or (
-        queries.latest_prediction(image)
-    )
+    predictions = sorted(image.predictions, key=lambda p: (p.created_at, p.id), reverse=True)
+    latest = predictions[0] if predictions else None
+    prediction = next((p for p in predictions if p.id == prediction_id), None) or latest
     if len(predictions) > 1:
         versions = [p.model_version for p in predictions]
         chosen = st.selectbox(
             "Model version",
             versions,
             index=versions.index(prediction.model_version) if prediction else 0,
+            format_func=lambda v: f"{v} (latest)" if v == versions[0] else v,
             key=f"{key}-version",
+            help="Each model version that scored this image keeps its own prediction.",
         )
         prediction = next(p for p in predictions if p.model_version == chosen)
     st.markdown(
@@ -547,14 +716,38 @@ def detail(
     if image.status == ImageStatus.FAILED:
         reason = image.error or "no error text stored"
         st.error(f"Analysis failed: {reason}", icon=":material/error:")
+    boxes = boxes_of(prediction)
+    show_boxes = True
+    if boxes:
+        show_boxes = st.toggle(
+            "Show fracture boxes",
+            value=True,
+            key=f"{key}-boxes",
+            help="Where the model locates a fracture, each box with its score (0–1). "
+            "A box is a pointer for the reader, not an outline.",
+        )
     original, overlay, side = st.columns([5, 5, 4], gap="medium")
     with original:
-        viewer(image, dashboard.settings.max_pixels, key=f"{key}-{image.id}")
+        viewer(
+            image,
+            dashboard.settings.max_pixels,
+            key=f"{key}-{image.id}",
+            boxes=boxes,
+            show_boxes=show_boxes,
+        )
     with overlay:
-        heatmap(dashboard, image, prediction)
+        heatmap(dashboard, image, prediction, show_boxes=show_boxes)
     with side:
         verdict_card(image, prediction, waited_s=waited_s)
         if prediction is not None:
             review_panel(dashboard, prediction)
+    if len(predictions) > 1:
+        earlier = earlier_predictions(predictions)
+        with st.expander(f"Earlier predictions ({len(earlier)}) by other model versions"):
+            st.dataframe(earlier, hide_index=True, width="stretch")
+            st.caption(
+                "Newest first. Choose a version above to see its prediction in full; "
+                "each is kept as it was stored."
+            )
     fields_table(image, prediction)
     return image

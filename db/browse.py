@@ -15,7 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Row, Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
-from db.models import Image, ImageSource, ImageStatus, Prediction, Review, utcnow
+from db.models import Image, ImageSource, ImageStatus, Prediction, Review, Verdict, utcnow
 
 # The checkpoint's class names (model.checkpoint.CLASS_NAMES); kept here so db/ stays free of torch.
 NEGATIVE_LABEL = "not_fractured"
@@ -23,6 +23,7 @@ POSITIVE_LABEL = "fractured"
 LABELS = (POSITIVE_LABEL, NEGATIVE_LABEL)
 STATUSES = tuple(s.value for s in ImageStatus)
 SOURCES = tuple(s.value for s in ImageSource)
+VERDICTS = tuple(v.value for v in Verdict)
 REVIEWER_MAX = 128
 ALL_VERSIONS = "*"  # BrowseFilter.model_version: every model's prediction, one row each
 NO_REGION = "none"  # BrowseFilter.regions: predictions of a model without a region head
@@ -75,9 +76,11 @@ class BrowseFilter:
     model_version: str | None = None
     regions: tuple[str, ...] = ()  # predicted body regions; NO_REGION matches region-less rows
     region_disagrees: bool = False  # only rows whose DICOM body part names another region
+    verdicts: tuple[str, ...] = ()  # the model's answers: fracture, doubt, no_fracture
 
     def __post_init__(self) -> None:
         _check_choices("label", self.labels, LABELS)
+        _check_choices("verdict", self.verdicts, VERDICTS)
         _check_choices("source", self.sources, SOURCES)
         _check_choices("status", self.statuses, STATUSES)
         for bound in (self.probability_min, self.probability_max):
@@ -99,6 +102,7 @@ class BrowseFilter:
             or self.model_version not in (None, ALL_VERSIONS)
             or self.regions
             or self.region_disagrees
+            or self.verdicts
         )
 
 
@@ -133,6 +137,9 @@ class BrowseRow:
     region: str | None = None
     region_probability: float | None = None
     region_disagrees: bool | None = None
+    verdict: str | None = None
+    doubt_threshold: float | None = None
+    boxes: list[list[float]] | None = None  # [x, y, width, height, score] each; None: no boxes
     review: LatestReview | None = None
 
 
@@ -166,6 +173,9 @@ _ROW_COLUMNS: tuple[Any, ...] = (
     Prediction.region,
     Prediction.region_probability,
     Prediction.region_disagrees,
+    Prediction.verdict,
+    Prediction.doubt_threshold,
+    Prediction.boxes,
 )
 
 
@@ -207,6 +217,8 @@ def _conditions(flt: BrowseFilter) -> list[ColumnElement[bool]]:
         conditions.append(or_(*matches))
     if flt.region_disagrees:
         conditions.append(Prediction.region_disagrees.is_(True))
+    if flt.verdicts:
+        conditions.append(Prediction.verdict.in_(flt.verdicts))
     state = ReviewState(flt.review_state)
     if state == ReviewState.UNREVIEWED:
         conditions.append(Prediction.id.not_in(select(Review.prediction_id)))

@@ -6,6 +6,7 @@ import enum
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     DateTime,
@@ -33,6 +34,18 @@ class ImageStatus(enum.StrEnum):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
+
+
+class Verdict(enum.StrEnum):
+    """The model's answer: two operating points give three answers (doubt between them)."""
+
+    FRACTURE = "fracture"
+    DOUBT = "doubt"
+    NO_FRACTURE = "no_fracture"
+
+    @property
+    def display(self) -> str:
+        return {"fracture": "Fracture", "doubt": "Doubt", "no_fracture": "No fracture"}[self]
 
 
 class ImageSource(enum.StrEnum):
@@ -96,6 +109,12 @@ class Prediction(Base):
     region_probability: Mapped[float | None] = mapped_column(Float)
     region_disagrees: Mapped[bool | None] = mapped_column(Boolean)
     heatmap_path: Mapped[str | None] = mapped_column(Text)
+    # A Verdict; rows stored before migration 0004 were given theirs from `label`.
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    doubt_threshold: Mapped[float | None] = mapped_column(Float, doc="None: two answers only")
+    # [[x, y, width, height, score], ...] in the original image's pixels, best first; [] when
+    # the model found none, NULL (not JSON null) when the model draws no boxes.
+    boxes: Mapped[list[list[float]] | None] = mapped_column(JSON(none_as_null=True))
     batch_size: Mapped[int] = mapped_column(Integer)
     inference_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -112,6 +131,7 @@ class Prediction(Base):
         Index("ix_predictions_created_at", "created_at"),
         Index("ix_predictions_created_at_label", "created_at", "label"),
         Index("ix_predictions_region", "region"),
+        Index("ix_predictions_verdict", "verdict"),
     )
 
 

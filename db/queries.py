@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import Image, ImageSource, ImageStatus, Prediction, utcnow
+from db.models import Image, ImageSource, ImageStatus, Prediction, Verdict, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,43 @@ def claim_images(*, session: Session, image_ids: Sequence[int], model_version: s
     return claimed
 
 
+def images_to_rescore(
+    *,
+    session: Session,
+    model_version: str,
+    statuses: Sequence[str],
+    since: datetime | None = None,
+) -> tuple[list[int], int]:
+    """Images in `statuses` received at or after `since` (timezone-aware): the ids of those
+    `model_version` has not scored yet, oldest first, and how many it has scored already."""
+    if since is not None and since.tzinfo is None:
+        raise ValueError("since must be timezone-aware (UTC)")
+    query = select(Image.id).where(Image.status.in_(list(statuses)))
+    if since is not None:
+        query = query.where(Image.received_at >= since.astimezone(UTC))
+    scored = select(Prediction.image_id).where(Prediction.model_version == model_version)
+    ids = list(session.scalars(query.where(Image.id.not_in(scored)).order_by(Image.id)))
+    already = session.scalar(
+        select(func.count()).select_from(query.where(Image.id.in_(scored)).subquery())
+    )
+    return ids, int(already or 0)
+
+
+def claim_for_rescore(
+    *, session: Session, image_ids: Sequence[int], model_version: str
+) -> list[Image]:
+    """The images of a rescore batch that `model_version` has not scored yet.
+
+    Unlike `claim_images` this leaves status and attempts alone: a `done` image stays `done`
+    while it is scored again, and the sweeper never sees it as stuck.
+    """
+    scored = select(Prediction.image_id).where(
+        Prediction.image_id.in_(list(image_ids)), Prediction.model_version == model_version
+    )
+    query = select(Image).where(Image.id.in_(list(image_ids)), Image.id.not_in(scored))
+    return list(session.scalars(query))
+
+
 @dataclass(frozen=True)
 class NewPrediction:
     image_id: int
@@ -169,6 +206,16 @@ class NewPrediction:
     region: str | None = None
     region_probability: float | None = None
     region_disagrees: bool | None = None  # DICOM body part names another region
+    verdict: str | None = None  # a Verdict; None: the one `label` implies (one operating point)
+    doubt_threshold: float | None = None
+    # [x, y, width, height, score] each, original image pixels, best first; None: the model
+    # draws no boxes (an empty sequence: it draws them and found none).
+    boxes: Sequence[Sequence[float]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.verdict is not None and self.verdict not in set(Verdict):
+            allowed = ", ".join(Verdict)
+            raise ValueError(f"unknown verdict {self.verdict!r}; choose from {allowed}")
 
 
 def store_batch(
@@ -227,9 +274,17 @@ def _prediction_row(new: NewPrediction) -> Prediction:
         region_probability=new.region_probability,
         region_disagrees=new.region_disagrees,
         heatmap_path=new.heatmap_path,
+        verdict=new.verdict or verdict_of_label(new.label),
+        doubt_threshold=new.doubt_threshold,
+        boxes=None if new.boxes is None else [[float(v) for v in box] for box in new.boxes],
         batch_size=new.batch_size,
         inference_ms=new.inference_ms,
     )
+
+
+def verdict_of_label(label: str) -> Verdict:
+    """The verdict of a model with one operating point: its label, in the verdict's words."""
+    return Verdict.FRACTURE if label == "fractured" else Verdict.NO_FRACTURE
 
 
 def _insert_all(session: Session, new: Sequence[NewPrediction]) -> None:

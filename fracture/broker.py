@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
+# `fracture up` writes its private broker's URL here (in the broker folder) while it runs, so
+# commands started beside it (`fracture rescore`) can reach the same broker.
+URL_FILE = "url"
+
 
 def die_with_parent() -> None:
     """For child processes: SIGTERM when the parent dies, even by SIGKILL, so none is orphaned."""

@@ -6,8 +6,9 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -60,7 +61,7 @@ def build_settings(**overrides: Any) -> Settings:
         raise UserError(f"invalid settings: {problems}") from exc
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
@@ -195,6 +196,11 @@ def predict(
             "threshold_source": scored.threshold_source if scored else None,
             "region": scored.region if scored else None,
             "region_probability": scored.region_probability if scored else None,
+            "verdict": scored.verdict if scored else None,
+            "doubt_threshold": (
+                scored.doubt_threshold if scored else classifier.checkpoint.doubt_threshold
+            ),
+            "boxes": [[float(v) for v in box] for box in scored.boxes] if scored else None,
             "model_version": classifier.version,
             "error": None if scored else str(outcome),
         }
@@ -208,9 +214,15 @@ def predict(
                 if scored.region is not None and scored.region_probability is not None
                 else ""
             )
+            doubt = (
+                f", doubt from {scored.doubt_threshold:.3f}"
+                if scored.doubt_threshold is not None
+                else ""
+            )
+            boxes = _box_count(len(scored.boxes)) if classifier.checkpoint.heat else ""
             typer.echo(
-                f"{path}: {scored.label} (p={scored.probability:.3f}, "
-                f"threshold {scored.threshold:.3f}{region})"
+                f"{path}: {_answer(scored.verdict, scored.label)} (p={scored.probability:.3f}, "
+                f"threshold {scored.threshold:.3f}{doubt}{region}){boxes}"
             )
     if not as_json:
         typer.echo("Decision support only, not for clinical use.")
@@ -255,6 +267,9 @@ def results(
                 "region": prediction.region if prediction else None,
                 "region_probability": prediction.region_probability if prediction else None,
                 "region_disagrees": prediction.region_disagrees if prediction else None,
+                "verdict": prediction.verdict if prediction else None,
+                "doubt_threshold": prediction.doubt_threshold if prediction else None,
+                "boxes": (prediction.boxes or []) if prediction else None,
                 "body_part": image.body_part,
                 "error": image.error,
                 "warning": image.warning,
@@ -263,15 +278,29 @@ def results(
             if as_json:
                 typer.echo(json.dumps(record))
             else:
-                verdict = (
-                    f"{record['label']} p={record['probability']:.3f}"
+                answer = (
+                    _answer(prediction.verdict, prediction.label)
+                    + f" p={prediction.probability:.3f}"
                     + (f" {prediction.region}" if prediction.region else "")
+                    + ("" if prediction.boxes is None else _box_count(len(prediction.boxes)))
                     if prediction
                     else (image.error or "")
                 )
-                typer.echo(f"{image.id:>6}  {image.status:<10}  {image.filename}  {verdict}")
+                typer.echo(f"{image.id:>6}  {image.status:<10}  {image.filename}  {answer}")
     if not as_json:
         typer.echo("Decision support only, not for clinical use.")
+
+
+def _box_count(count: int) -> str:
+    return f", {count} box" if count == 1 else f", {count} boxes"
+
+
+def _answer(verdict: str | None, label: str) -> str:
+    """The verdict in readers' words (Fracture, Doubt, No fracture)."""
+    from db.models import Verdict
+    from db.queries import verdict_of_label
+
+    return (Verdict(verdict) if verdict else verdict_of_label(label)).display
 
 
 @app.command()
@@ -322,6 +351,120 @@ def bench(
     except (ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from exc
     typer.echo(json.dumps(result) if as_json else benchmark.table(result))
+
+
+RESCORE_STATUSES = ("done", "failed")
+
+
+def _parse_since(text: str) -> datetime:
+    """An ISO date or date-time; without an offset it is local time."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"--since must be an ISO date (YYYY-MM-DD) or date-time, not {text!r}")
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+def _rescore_broker_url(settings: Settings) -> str:
+    """FRACTURE_BROKER_URL, else the private broker of a `fracture up` on this data folder."""
+    from fracture.broker import URL_FILE
+
+    if settings.broker_url:
+        return settings.broker_url
+    published = settings.broker_dir / URL_FILE
+    if published.is_file():
+        return published.read_text().strip()
+    raise UserError(
+        "FRACTURE_BROKER_URL is not set and no `fracture up` is running on "
+        f"{settings.data_dir}: start the pipeline, or point FRACTURE_BROKER_URL at its broker"
+    )
+
+
+@app.command()
+def rescore(
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="checkpoint to score with, at this same path on every worker host "
+            "(default: the workers' configured model [FRACTURE_MODEL_PATH])",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="only images received on or after this ISO date or date-time (local)"),
+    ] = None,
+    status: Annotated[
+        list[str] | None,
+        typer.Option("--status", help="done | failed; repeat for both (default: both)"),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only count the images that would be queued")
+    ] = False,
+    data_dir: DataOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Score stored images again through the queue; earlier predictions are kept, and images
+    this model version has already scored are skipped."""
+    statuses = tuple(dict.fromkeys(status or RESCORE_STATUSES))
+    if unknown := [s for s in statuses if s not in RESCORE_STATUSES]:
+        _fail(
+            f"unknown --status {unknown[0]!r}; choose from {', '.join(RESCORE_STATUSES)} "
+            "(queued and processing images are scored already)"
+        )
+    since_moment = _parse_since(since) if since is not None else None
+
+    from db import queries
+    from db.migrate import upgrade
+    from db.session import make_engine, make_session_factory
+    from model.checkpoint import CheckpointError
+    from model.checkpoint import load as load_checkpoint
+
+    settings = build_settings(data_dir=data_dir, database_url=database_url)
+    setup_logging("WARNING")
+    checkpoint_path = model.resolve() if model is not None else settings.resolved_model_path
+    try:
+        version = load_checkpoint(checkpoint_path).version
+    except CheckpointError as exc:
+        _fail(str(exc))
+    upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            ids, already = queries.images_to_rescore(
+                session=session, model_version=version, statuses=statuses, since=since_moment
+            )
+    finally:
+        engine.dispose()
+    scope = "/".join(statuses) + (f" since {since}" if since else "")
+    skipped = f"; {already} already scored by it, skipped"
+    if dry_run or not ids:
+        verb = "would queue" if dry_run else "queued"
+        typer.echo(f"{verb} {len(ids)} {scope} image(s) for model {version}{skipped}")
+        return
+
+    from worker import client
+    from worker.app import make_celery
+
+    broker_url = _rescore_broker_url(settings)
+    celery = make_celery(settings, broker_url)
+    try:
+        # No path in the message means "your configured model": workers need not share ours.
+        sent = client.send_rescore(
+            celery,
+            ids,
+            model_path=str(checkpoint_path) if model is not None else None,
+            model_version=version if model is not None else None,
+        )
+        if not sent:
+            raise UserError(
+                f"broker unreachable at {broker_url}: nothing (or only part) was queued; "
+                "run the same command again once it is up"
+            )
+        waiting = "" if client.live_workers(celery) else " (no worker answered yet: they wait)"
+    finally:
+        celery.close()
+    typer.echo(f"queued {len(ids)} {scope} image(s) for model {version}{skipped}{waiting}")
 
 
 @db_app.command("upgrade")

@@ -26,6 +26,21 @@ MinRegionFracturesOpt = Annotated[
 ]
 
 
+DoubtSensitivityOpt = Annotated[
+    float,
+    typer.Option(
+        "--doubt-sensitivity", help="sensitivity target of the lower 'doubt' operating point"
+    ),
+]
+ThresholdConfidenceOpt = Annotated[
+    float,
+    typer.Option(
+        "--threshold-confidence",
+        help="operating points reach their sensitivity in this share of group-bootstrap resamples",
+    ),
+]
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -80,6 +95,26 @@ def train_command(
         Path | None, typer.Option("--work-dir", help="resume state + best so far [runs/<out name>]")
     ] = None,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads")] = 2,
+    heat_weight: Annotated[
+        float,
+        typer.Option(
+            "--heat-weight",
+            min=0.0,
+            help="weight of the fracture heat-map loss (needs annotations.json); 0 = no boxes",
+        ),
+    ] = 1.0,
+    letterbox: Annotated[
+        bool, typer.Option(help="keep the aspect ratio (pad) instead of squashing")
+    ] = True,
+    rot90: Annotated[
+        float, typer.Option("--rot90", help="probability of a random 90/180/270° turn")
+    ] = 0.5,
+    jpeg: Annotated[float, typer.Option(help="probability of a JPEG re-encoding, q 25-90")] = 0.25,
+    downscale: Annotated[
+        float, typer.Option(help="probability of a down-and-up resampling (40-80 %)")
+    ] = 0.25,
+    doubt_sensitivity: DoubtSensitivityOpt = 0.95,
+    threshold_confidence: ThresholdConfidenceOpt = 0.8,
 ) -> None:
     """Train a fracture classifier on DATA/train, select and calibrate it on DATA/val."""
     from model.checkpoint import CheckpointError
@@ -113,6 +148,13 @@ def train_command(
             work_dir=work_dir,
             resume=resume,
             threads=threads,
+            heat_weight=heat_weight,
+            letterbox=letterbox,
+            rot90=rot90,
+            jpeg=jpeg,
+            downscale=downscale,
+            doubt_sensitivity=doubt_sensitivity,
+            threshold_confidence=threshold_confidence,
         )
         checkpoint = train(config)
     except (DataError, CheckpointError, DecodeError, ValueError) as exc:
@@ -144,11 +186,26 @@ def evaluate_command(
     flip_tta: Annotated[
         bool, typer.Option("--flip-tta", help="average with a horizontally flipped copy")
     ] = False,
+    annotations: Annotated[
+        Path | None,
+        typer.Option(
+            "--annotations", help="COCO fracture outlines for localisation [DATA/annotations.json]"
+        ),
+    ] = None,
+    perturb: Annotated[
+        bool,
+        typer.Option(
+            "--perturb",
+            help="also score copies turned 90/180/270°, mirrored, as JPEG q40 and at half size",
+        ),
+    ] = False,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads")] = 2,
 ) -> None:
-    """Score a labelled folder: AUROC (95% CI), operating point, calibration, breakdowns."""
+    """Score a labelled folder: AUROC (95% CI), operating points, calibration, breakdowns,
+    localisation against outlines beside the data, and (--perturb) robustness."""
     import os
 
+    from model.annotations import AnnotationError
     from model.checkpoint import CheckpointError
     from model.data import DataError
     from model.evaluate import evaluate, format_report
@@ -158,16 +215,20 @@ def evaluate_command(
     model_path = model or (Path(env_model) if env_model else SHIPPED_MODEL)
     if labels_csv is not None and not labels_csv.is_file():
         _fail(f"labels file not found: {labels_csv}")
+    if annotations is not None and not annotations.is_file():
+        _fail(f"annotations file not found: {annotations}")
     try:
         report = evaluate(
             data,
             model_path,
             out_dir=out_dir if out_dir is not None else Path("artifacts") / "evaluation",
             labels_csv=labels_csv,
+            annotations_path=annotations,
             flip_tta=flip_tta,
+            perturbed=perturb,
             threads=threads,
         )
-    except (DataError, CheckpointError) as exc:
+    except (DataError, CheckpointError, AnnotationError) as exc:
         _fail(str(exc))
         return
     if as_json:
@@ -195,6 +256,8 @@ def calibrate_command(
         ),
     ] = None,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads")] = 2,
+    doubt_sensitivity: DoubtSensitivityOpt = 0.95,
+    threshold_confidence: ThresholdConfidenceOpt = 0.8,
 ) -> None:
     """Refit temperature and decision threshold(s) of a checkpoint on labelled images."""
     from model.checkpoint import CheckpointError
@@ -214,6 +277,8 @@ def calibrate_command(
             min_region_fractures=min_region_fractures,
             flip_tta=flip_tta,
             threads=threads,
+            doubt_sensitivity=doubt_sensitivity,
+            confidence=threshold_confidence,
         )
     except (DataError, CheckpointError, ValueError) as exc:
         _fail(str(exc))
@@ -222,6 +287,11 @@ def calibrate_command(
     typer.echo(
         f"wrote {out} ({checkpoint.version}): temperature {checkpoint.temperature:.3f}, "
         f"threshold {checkpoint.threshold:.3f}"
+        + (
+            f", doubt {checkpoint.doubt_threshold:.3f}"
+            if checkpoint.doubt_threshold is not None
+            else ""
+        )
         + (f", per region: {per_region}" if per_region else ", no per-region thresholds")
         + (", flip TTA" if checkpoint.flip_tta else "")
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 from db.migrate import upgrade
-from fracture.broker import PrivateBroker, die_with_parent
+from fracture.broker import URL_FILE, PrivateBroker, die_with_parent
 from fracture.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
     else:
         broker = PrivateBroker(settings.broker_dir).start()
         broker_url = broker.url
+        (settings.broker_dir / URL_FILE).write_text(broker_url)
 
     env = child_environment(settings, broker_url)
     cli = [sys.executable, "-m", "fracture"]
@@ -101,6 +102,7 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
     finally:
         _stop_children(children)
         if broker is not None:
+            (settings.broker_dir / URL_FILE).unlink(missing_ok=True)
             broker.stop()
         log.info("stopped")
     return status

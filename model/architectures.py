@@ -143,7 +143,9 @@ class HeatNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(64, 1, 1),
         )
-        nn.init.constant_(self.heat_head[-1].bias, -4.0)  # start quiet: most cells are empty
+        last = self.heat_head[-1]
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
+        nn.init.constant_(last.bias, -4.0)  # start quiet: most cells are empty
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         body = _efficientnet(self.body)

@@ -26,27 +26,31 @@ def from_heat(
     from scipy import ndimage
 
     side = max(heat.shape[0], size // UPSAMPLE)
-    fine = np.asarray(
-        Image.fromarray(heat.astype(np.float32), mode="F").resize(
-            (side, side), Image.Resampling.BILINEAR
-        ),
-        dtype=np.float32,
-    ).copy()
-    # The upsampled map's peaks must keep the grid's values (the scores are probabilities).
-    fine = np.clip(fine, 0.0, float(heat.max()))
     cell = size / side
+    remaining = heat.astype(np.float32).copy()
     boxes: list[Box] = []
     while len(boxes) < max_boxes:
+        fine = np.asarray(
+            Image.fromarray(remaining, mode="F").resize((side, side), Image.Resampling.BILINEAR),
+            dtype=np.float32,
+        )
         peak = float(fine.max())
-        if peak < floor:
+        if peak <= 0.0:
             break
         y, x = np.unravel_index(int(fine.argmax()), fine.shape)
         labelled, _ = ndimage.label(fine >= peak / 2.0)
         area = labelled == labelled[y, x]
+        # The score is the map's own value (a probability), not the interpolated one; the
+        # cells under the box are then cleared so that their shoulders make no second box.
+        ys, xs = np.nonzero(area)
+        cells = (ys * heat.shape[0] // side, xs * heat.shape[1] // side)
+        score = float(remaining[cells].max())
+        if score < floor:
+            break
         rows, cols = np.flatnonzero(area.any(axis=1)), np.flatnonzero(area.any(axis=0))
         top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        boxes.append((left * cell, top * cell, (right - left) * cell, (bottom - top) * cell, peak))
-        fine[area] = 0.0
+        boxes.append((left * cell, top * cell, (right - left) * cell, (bottom - top) * cell, score))
+        remaining[cells] = 0.0
     return boxes
 
 
@@ -75,6 +79,30 @@ def to_original(
         if x1 - x0 < 1e-6 or y1 - y0 < 1e-6:
             continue  # entirely in the padding
         out.append(
-            [round(x0, 1), round(y0, 1), round(x1 - x0, 1), round(y1 - y0, 1), round(score, 4)]
+            [*(round(float(v), 1) for v in (x0, y0, x1 - x0, y1 - y0)), round(float(score), 4)]
         )
     return out
+
+
+def trim_map(heat: np.ndarray, preset: Preset, pixels_shape: tuple[int, int]) -> np.ndarray:
+    """The part of a (G, G) map over the network input that covers the image itself (the
+    padding of a letterboxed input cut away), with the image's aspect ratio, so that it can be
+    stretched over the image as it is shown. A squashed input's map is returned as it is."""
+    if not preset.letterbox:
+        return heat
+    height, width = pixels_shape
+    scale_x, scale_y, left, top = preset.geometry(height, width)
+    inner_w, inner_h = max(1, round(width * scale_x)), max(1, round(height * scale_y))
+    full = np.asarray(
+        Image.fromarray(heat.astype(np.float32), mode="F").resize(
+            (preset.size, preset.size), Image.Resampling.BILINEAR
+        ),
+        dtype=np.float32,
+    )
+    crop = full[int(top) : int(top) + inner_h, int(left) : int(left) + inner_w]
+    long_side = UPSAMPLE * heat.shape[0]
+    ratio = long_side / max(inner_w, inner_h)
+    small = (max(1, round(inner_w * ratio)), max(1, round(inner_h * ratio)))
+    return np.asarray(
+        Image.fromarray(crop, mode="F").resize(small, Image.Resampling.BILINEAR), dtype=np.float32
+    ).clip(0.0, 1.0)

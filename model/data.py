@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +112,10 @@ class ImageSet:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     # Fracture outline masks in the same geometry as `images` (uint8 0/255), when given.
     masks: torch.Tensor | None = None
+    # Per image: (height, width) of the decoded pixels the preset resized, and the upright
+    # (width, height) of the file; what `model.boxes.to_original` needs.
+    pixel_shapes: list[tuple[int, int]] = field(default_factory=list)
+    upright_sizes: list[tuple[int, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -136,6 +140,7 @@ def load_images(
     threads: int = 2,
     letterbox: bool = False,
     outlines: dict[str, Outlines] | None = None,
+    transform: Callable[[bytes], bytes] | None = None,
 ) -> ImageSet:
     """Decode every sample once and squash it to size×size.
 
@@ -145,23 +150,30 @@ def load_images(
     Undecodable files are skipped and reported, like the worker marks them failed.
     With `outlines`, each image also gets its fracture-box mask in the same geometry (empty
     for images without outlines).
+    `transform` turns each file's bytes into other bytes before decoding (a perturbed copy, as
+    another site would send it).
     """
     preset = Preset(size=size, letterbox=letterbox)
+    # image, outline mask, (pixel shape, upright size); the decoded pixels are not kept.
+    Loaded = tuple[torch.Tensor, torch.Tensor | None, tuple[tuple[int, int], tuple[int, int]]]
 
-    def one(sample: Sample) -> tuple[torch.Tensor, torch.Tensor | None] | str:
+    def one(sample: Sample) -> Loaded | str:
         try:
-            pixels = decode(sample.path, target_size=size).pixels
-        except DecodeError as exc:
+            source = sample.path if transform is None else transform(sample.path.read_bytes())
+            file = decode(source, target_size=size)
+        except (DecodeError, OSError) as exc:
             return str(exc)
+        pixels = file.pixels
+        shapes = ((pixels.shape[0], pixels.shape[1]), file.upright_size)
         resized = preset.resize(pixels)[0]
         image = resized if exact else resized.mul(255.0).round_().to(torch.uint8)
         if outlines is None:
-            return image, None
+            return image, None, shapes
         found = outlines.get(sample.path.name)
         if found is None:
-            return image, torch.zeros((size, size), dtype=torch.uint8)
+            return image, torch.zeros((size, size), dtype=torch.uint8), shapes
         mask = preset.resize(found.mask(*pixels.shape))[0]
-        return image, mask.gt(0.5).to(torch.uint8).mul_(255)
+        return image, mask.gt(0.5).to(torch.uint8).mul_(255), shapes
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         decoded = list(pool.map(one, samples))
@@ -180,6 +192,8 @@ def load_images(
         paths=[s.path for s, _ in kept],
         skipped=skipped,
         masks=masks,
+        pixel_shapes=[t[2][0] for _, t in kept],
+        upright_sizes=[t[2][1] for _, t in kept],
     )
 
 

@@ -53,6 +53,13 @@ class Prepared:
     decoded: Decoded
 
 
+def heat_maps(outputs: torch.Tensor, grid: int) -> np.ndarray:
+    """(N, grid, grid) fracture probability maps: the last grid² output columns of a heat-head
+    network, through a sigmoid."""
+    cells = outputs[:, outputs.shape[1] - grid * grid :].detach().float().cpu()
+    return torch.sigmoid(cells).reshape(-1, grid, grid).numpy()
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested not in ("auto", "cpu", "cuda"):
         raise ClassifierError(f"device must be auto, cpu or cuda, not {requested!r}")
@@ -309,9 +316,7 @@ class Classifier:
 
     def heat(self, outputs: torch.Tensor) -> np.ndarray:
         """(N, G, G) fracture probability maps from the outputs of a heat-head checkpoint."""
-        grid = self.checkpoint.heat_grid
-        cells = outputs[:, outputs.shape[1] - grid * grid :].detach().float().cpu()
-        return torch.sigmoid(cells).reshape(-1, grid, grid).numpy()
+        return heat_maps(outputs, self.checkpoint.heat_grid)
 
     def _heat_explained(
         self, batch: torch.Tensor, explain: str
@@ -353,7 +358,11 @@ class Classifier:
             )
             results[row] = replace(result, boxes=tuple(tuple(b) for b in mapped))  # type: ignore[misc]
         rows = self._positive_rows(results, explain) if explain != "none" else []
-        return results, {row: maps[row] for row in rows}
+        shapes = [item.decoded.pixels.shape for item in prepared]
+        return results, {
+            row: box_ops.trim_map(maps[row], self.preset, shapes[row])  # type: ignore[arg-type]
+            for row in rows
+        }
 
     def _onnx_explained(
         self, chunk: torch.Tensor, explain: str
@@ -405,7 +414,7 @@ class Classifier:
 
         if not prepared:
             return []
-        _, maps = self.predict_explained(torch.stack([p.tensor for p in prepared]), "all")
+        _, maps = self.predict_prepared(prepared, "all")
         return [explain.overlay(p.decoded.pixels, maps[i]) for i, p in enumerate(prepared)]
 
 

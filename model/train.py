@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from model import annotations, architectures
+from model import annotations as outline_files
+from model import architectures
 from model import checkpoint as ckpt
 from model.annotations import Outlines
 from model.data import ImageInfo, ImageSet, find_labels_csv, load_images, read_labels, scan
@@ -111,10 +112,6 @@ class TrainConfig:
             (self.region_weight >= 0.0, "region loss weight must not be negative"),
             (self.min_region_fractures >= 1, "min region fractures must be at least 1"),
             (self.heat_weight >= 0.0, "heat loss weight must not be negative"),
-            (
-                self.heat_weight == 0.0 or self.arch == "efficientnet_lite0",
-                "the heat head needs efficientnet_lite0 (use --heat-weight 0 for others)",
-            ),
             (0.0 <= self.rot90 <= 1.0, "rot90 probability must be in [0, 1]"),
             (0.0 <= self.jpeg <= 1.0, "jpeg probability must be in [0, 1]"),
             (0.0 <= self.downscale <= 1.0, "downscale probability must be in [0, 1]"),
@@ -889,11 +886,16 @@ def _outlines(config: TrainConfig) -> dict[str, Outlines] | None:
     """The radiologists' outlines beside the data, when the heat head is wanted and they exist."""
     if config.heat_weight <= 0:
         return None
-    path = annotations.find(config.data)
+    if config.arch != "efficientnet_lite0":
+        log.info(
+            "the heat head is built on efficientnet_lite0 only: %s trains without", config.arch
+        )
+        return None
+    path = outline_files.find(config.data)
     if path is None:
         log.info("no annotations.json beside the data: training without a heat head")
         return None
-    outlines = annotations.load(path)
+    outlines = outline_files.load(path)
     log.info("heat head trained on %d outlined images (%s)", len(outlines), path)
     return outlines
 

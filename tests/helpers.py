@@ -61,6 +61,29 @@ def make_tiny_checkpoint(
     return checkpoint.save(ckpt, path)
 
 
+def make_tiny_heat_checkpoint(
+    path: Path,
+    *,
+    seed: int = 0,
+    size: int = 64,
+    threshold: float = 0.5,
+    doubt_threshold: float | None = None,
+) -> Path:
+    """An EfficientNet-Lite0 with a fracture heat head, fixed random weights, at `size` px: boxes
+    for every answer but "no_fracture". Threshold 1 and doubt 0 make every answer "doubt"."""
+    torch.manual_seed(seed)
+    net = architectures.build("efficientnet_lite0", heat=True)
+    ckpt = checkpoint.Checkpoint.from_network(
+        "efficientnet_lite0",
+        net,
+        preset=Preset(size=size),
+        threshold=threshold,
+        doubt_threshold=doubt_threshold,
+        heat=True,
+    )
+    return checkpoint.save(ckpt, path)
+
+
 def unsplittable_checkpoint() -> checkpoint.Checkpoint:
     """A resnet18 at 64 px with fixed random weights: a network whose layers after the last
     convolution `architectures.tail` does not know, so ONNX Runtime cannot run it."""

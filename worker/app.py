@@ -9,8 +9,12 @@ from fracture.settings import Settings
 
 PREDICT_TASK = "fracture.predict_batch"
 UPLOAD_TASK = "fracture.predict_upload"
+RESCORE_TASK = "fracture.rescore_batch"
 BULK_QUEUE = "fracture"
 UPLOAD_QUEUE = "fracture.uploads"
+# Its own queue, so a rescore of the whole history shares the workers with new arrivals
+# instead of holding them back.
+RESCORE_QUEUE = "fracture.rescore"
 
 
 def make_celery(settings: Settings, broker_url: str) -> Celery:
@@ -20,9 +24,13 @@ def make_celery(settings: Settings, broker_url: str) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
-        task_queues=[Queue(BULK_QUEUE), Queue(UPLOAD_QUEUE)],
+        task_queues=[Queue(BULK_QUEUE), Queue(UPLOAD_QUEUE), Queue(RESCORE_QUEUE)],
         task_default_queue=BULK_QUEUE,
-        task_routes={UPLOAD_TASK: {"queue": UPLOAD_QUEUE}, PREDICT_TASK: {"queue": BULK_QUEUE}},
+        task_routes={
+            UPLOAD_TASK: {"queue": UPLOAD_QUEUE},
+            PREDICT_TASK: {"queue": BULK_QUEUE},
+            RESCORE_TASK: {"queue": RESCORE_QUEUE},
+        },
         # Late acks are safe because every write is idempotent (unique sha256 and
         # unique image + model version); a killed worker's messages come back.
         task_acks_late=True,

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.session import transaction
-from worker.app import BULK_QUEUE, PREDICT_TASK, UPLOAD_QUEUE, UPLOAD_TASK
+from worker.app import BULK_QUEUE, PREDICT_TASK, RESCORE_TASK, UPLOAD_QUEUE, UPLOAD_TASK
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,29 @@ def send(app: Celery, image_ids: Sequence[int], *, upload: bool = False) -> bool
                 )
     except (OperationalError, ConnectionError, OSError) as exc:
         log.warning("broker unreachable, %d image(s) stay queued: %s", len(image_ids), exc)
+        return False
+    return True
+
+
+def send_rescore(
+    app: Celery, image_ids: Sequence[int], *, model_path: str | None, model_version: str | None
+) -> bool:
+    """Ask the workers to score these stored images again: with their configured model
+    (`model_path` None) or with the checkpoint at `model_path`, which must be that path on
+    every worker host; `model_version` is the version it must have there. False when the
+    broker is unreachable (some messages may have gone out: rescoring is idempotent)."""
+    try:
+        with app.producer_or_acquire() as producer:
+            for image_id in image_ids:
+                app.send_task(
+                    RESCORE_TASK,
+                    args=[int(image_id), model_path, model_version],
+                    producer=producer,
+                    retry=True,
+                    retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+                )
+    except (OperationalError, ConnectionError, OSError) as exc:
+        log.warning("broker unreachable, rescore of %d image(s) not sent: %s", len(image_ids), exc)
         return False
     return True
 

@@ -65,11 +65,14 @@ class BatchProcessor:
         self.heatmaps_dir = heatmaps_dir
         self.heatmaps = heatmaps
 
-    def process(self, image_ids: Sequence[int]) -> BatchOutcome:
+    def process(self, image_ids: Sequence[int], *, rescore: bool = False) -> BatchOutcome:
+        """Score the images this model has not scored yet. `rescore`: images scored before
+        (by another model) or failed, whose status only changes from `failed` to `done`."""
         started = time.perf_counter()
         outcome = BatchOutcome()
+        claim = queries.claim_for_rescore if rescore else queries.claim_images
         with transaction(self.factory) as session:
-            images = queries.claim_images(
+            images = claim(
                 session=session, image_ids=image_ids, model_version=self.classifier.version
             )
             claimed = [Claimed(i.id, i.path, i.sha256) for i in images]
@@ -113,15 +116,26 @@ class BatchProcessor:
                         batch_size=len(good),
                         inference_ms=elapsed_ms,
                         heatmap_path=heatmap_paths.get(item.image_id),
+                        verdict=scored.verdict,
+                        doubt_threshold=scored.doubt_threshold,
+                        boxes=scored.boxes if self.classifier.checkpoint.heat else None,
                     )
                 )
                 outcome.done.append(item.image_id)
 
+        if rescore and outcome.failed:
+            # A rescore that fails leaves the image as it was (a `done` image stays `done`).
+            log.warning(
+                "rescore with %s failed for %d image(s), left unchanged: %s",
+                self.classifier.version,
+                len(outcome.failed),
+                "; ".join(f"{i}: {error}" for i, error in sorted(outcome.failed.items())),
+            )
         with transaction(self.factory) as session:
             queries.store_batch(
                 session=session,
                 predictions=new_predictions,
-                failures=outcome.failed,
+                failures={} if rescore else outcome.failed,
                 metadata=_known_columns(metadata),
             )
         outcome.seconds = time.perf_counter() - started
@@ -159,10 +173,9 @@ class BatchProcessor:
                 good.append((item, prepared))
         if not good:
             return good, [], {}
-        import torch
-
-        batch = torch.stack([prepared.tensor for _, prepared in good])
-        results, maps = self.classifier.predict_explained(batch, self.heatmaps)
+        results, maps = self.classifier.predict_prepared(
+            [prepared for _, prepared in good], self.heatmaps
+        )
         return good, results, maps
 
     def _save_heatmaps(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
@@ -13,7 +13,8 @@ from celery import Celery
 from celery_batches import Batches, SimpleRequest
 
 from fracture.settings import Settings
-from worker.app import PREDICT_TASK, UPLOAD_TASK
+from worker.app import PREDICT_TASK, RESCORE_TASK, UPLOAD_TASK
+from worker.models import ModelUnavailable
 from worker.processing import BatchProcessor
 
 log = logging.getLogger(__name__)
@@ -42,17 +43,45 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_limited(processor: BatchProcessor, ids: Sequence[int], seconds: float) -> None:
+def run_limited(
+    processor: BatchProcessor, ids: Sequence[int], seconds: float, *, rescore: bool = False
+) -> None:
     try:
         with time_limit(seconds):
-            processor.process(ids)
+            processor.process(ids, rescore=rescore)
     except BatchTimeLimitExceeded:
-        # Rows stay `processing`; the sweeper re-sends them after FRACTURE_STUCK_AFTER_S.
-        log.error("batch of %d image(s) aborted after %.0f s", len(ids), seconds)
+        # Rows stay `processing`; the sweeper re-sends them after FRACTURE_STUCK_AFTER_S. A
+        # rescore changed no row: running `fracture rescore` again sends what is still missing.
+        log.error(
+            "%s of %d image(s) aborted after %.0f s",
+            "rescore batch" if rescore else "batch",
+            len(ids),
+            seconds,
+        )
 
 
-def bind_tasks(app: Celery, settings: Settings, processor: Callable[[], BatchProcessor]) -> None:
-    """Register the batched bulk task and the single-image upload task on `app`."""
+def rescore_groups(
+    args: Iterable[Sequence[object]],
+) -> dict[tuple[str | None, str | None], list[int]]:
+    """Rescore messages ([image id, model path or None, model version or None]) grouped by
+    the model they ask for, ids in arrival order."""
+    groups: dict[tuple[str | None, str | None], list[int]] = {}
+    for message in args:
+        image_id, path, version = (*message, None, None)[:3]
+        key = (None if path is None else str(path), None if version is None else str(version))
+        groups.setdefault(key, []).append(int(str(image_id)))
+    return groups
+
+
+def bind_tasks(
+    app: Celery,
+    settings: Settings,
+    processor: Callable[[], BatchProcessor],
+    models: Callable[[str | None, str | None], BatchProcessor] | None = None,
+) -> None:
+    """Register the batched bulk task, the single-image upload task and the batched rescore
+    task on `app`; `models(path, version)` gives the processor a rescore asks for (default:
+    the configured model whatever the message names)."""
 
     @app.task(
         name=PREDICT_TASK,
@@ -70,3 +99,21 @@ def bind_tasks(app: Celery, settings: Settings, processor: Callable[[], BatchPro
     def predict_upload(image_id: int) -> None:
         # An upload is a batch of one through the same code path.
         run_limited(processor(), [int(image_id)], settings.task_time_limit_s)
+
+    @app.task(
+        name=RESCORE_TASK,
+        base=Batches,
+        flush_every=settings.batch_size,
+        flush_interval=settings.batch_interval_ms / 1000,
+        acks_late=True,
+        reject_on_worker_lost=True,
+    )
+    def rescore_batch(requests: list[SimpleRequest]) -> None:
+        for (path, version), ids in rescore_groups(r.args for r in requests).items():
+            try:
+                chosen = models(path, version) if models else processor()
+            except ModelUnavailable as exc:
+                # Every later message for it would fail the same way: drop them, say why.
+                log.error("rescore of %d image(s) dropped: %s", len(ids), exc)
+                continue
+            run_limited(chosen, ids, settings.task_time_limit_s, rescore=True)

@@ -29,7 +29,7 @@ REVIEW_STATES = {
 }
 PAGE_SIZES = (25, 50, 100, 200)
 FILTER_KEYS = (
-    "f-labels",
+    "f-verdicts",
     "f-prob",
     "f-dates",
     "f-sources",
@@ -73,12 +73,15 @@ def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.
     """The sidebar: every filter is applied by the database, not to a loaded table."""
     side = st.sidebar
     side.markdown("**Filter**")
-    labels = side.multiselect(
-        "Finding",
-        browse.LABELS,
-        format_func=ui.label_text,
-        key="f-labels",
+    verdicts = side.multiselect(
+        "Verdict",
+        browse.VERDICTS,
+        format_func=ui.verdict_text,
+        key="f-verdicts",
         on_change=_first_page,
+        help="The model's answer: fracture (at or above the main threshold), doubt (between "
+        "the doubt threshold and the main one) or no fracture. Models with one operating "
+        "point answer only fracture or no fracture.",
     )
     low, high = side.slider(
         "Fracture probability",
@@ -149,7 +152,7 @@ def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.
     side.button("Clear filters", on_click=_clear_filters, icon=":material/filter_alt_off:")
     start, before = ui.day_bounds(tuple(days) if isinstance(days, tuple | list) else (days,))
     flt = browse.BrowseFilter(
-        labels=tuple(labels),
+        verdicts=tuple(verdicts),
         probability_min=low if low > 0.0 else None,
         probability_max=high if high < 1.0 else None,
         received_from=start,
@@ -173,6 +176,15 @@ def review_text(row: browse.BrowseRow) -> str:
     return f"{mark} {row.review.reviewer}{more}"
 
 
+def verdict_cell(row: browse.BrowseRow) -> str:
+    """The three-way answer; a row stored without one answers as its label implies."""
+    if row.label is None:
+        return ""
+    if row.verdict is None:
+        return ui.label_text(row.label)
+    return ui.verdict_text(row.verdict)
+
+
 def table(page: browse.Page) -> pd.DataFrame:
     """Only the rows of this page: at most a few hundred, never the whole table."""
     return pd.DataFrame(
@@ -181,7 +193,7 @@ def table(page: browse.Page) -> pd.DataFrame:
             "Received": [ui.local_time(r.received_at) for r in page.rows],
             "File": [r.filename for r in page.rows],
             "Status": [ui.STATUS_TEXT.get(r.status, r.status) for r in page.rows],
-            "Finding": [ui.label_text(r.label) if r.label else "" for r in page.rows],
+            "Verdict": [verdict_cell(r) for r in page.rows],
             "Probability": [r.probability for r in page.rows],
             "Threshold": [r.threshold for r in page.rows],
             "Region": [ui.region_cell(r.region, r.region_disagrees) for r in page.rows],

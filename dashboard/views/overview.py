@@ -10,7 +10,7 @@ import streamlit as st
 from celery import Celery
 
 from dashboard import services, ui
-from db import browse
+from db import browse, versions
 from worker import client
 
 
@@ -39,6 +39,55 @@ def agreement_table(rows: list[browse.Agreement]) -> pd.DataFrame:
             "FN": [a.false_negative for a in rows],
             "TN": [a.true_negative for a in rows],
         }
+    )
+
+
+def version_table(pairs: list[versions.VersionPair]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Earlier model": [p.earlier for p in pairs],
+            "Later model": [p.later for p in pairs],
+            "Images scored by both": [p.images for p in pairs],
+            "Same verdict": [p.same for p in pairs],
+            "Agreement": [_percent(p.agreement) for p in pairs],
+        }
+    )
+
+
+def cross_table(pair: versions.VersionPair) -> pd.DataFrame:
+    """Images by the earlier model's verdict (rows) and the later model's (columns)."""
+    return pd.DataFrame(
+        {
+            f"{pair.later}: {ui.verdict_text(later)}": [
+                pair.counts.get((earlier, later), 0) for earlier in versions.VERDICTS
+            ]
+            for later in versions.VERDICTS
+        },
+        index=pd.Index(
+            [f"{pair.earlier}: {ui.verdict_text(v)}" for v in versions.VERDICTS],
+            name="Earlier ↓ / later →",
+        ),
+    )
+
+
+def version_agreement(pairs: list[versions.VersionPair]) -> None:
+    st.markdown("**Model versions against each other**, on the images both scored")
+    if not pairs:
+        st.caption(
+            "No image has been scored by two model versions yet (`fracture rescore` scores "
+            "stored images with a new model and keeps the earlier predictions)."
+        )
+        return
+    st.dataframe(version_table(pairs), hide_index=True, width="stretch")
+    names = [f"{p.earlier} → {p.later}" for p in pairs]
+    chosen = 0
+    if len(pairs) > 1:
+        chosen = names.index(st.selectbox("Cross table for", names, key="version-pair"))
+    st.dataframe(cross_table(pairs[chosen]), width="stretch")
+    st.caption(
+        "Verdicts as each model stored them: a model with one operating point answers only "
+        "fracture or no fracture. Agreement between models is not accuracy: readers' reviews "
+        "are the reference (above)."
     )
 
 
@@ -114,6 +163,7 @@ def figures(dashboard: services.Dashboard, days: int) -> None:
         per_hour = browse.throughput_by_hour(session=session, hours=48)
         agreement = browse.agreement_by_model(session=session)
         by_region = browse.counts_by_region(session=session)
+        pairs = versions.version_agreement(session=session)
     if dashboard.celery is not None:
         depth, workers = broker_health(dashboard.celery, dashboard.settings.broker_url or "")
     else:
@@ -192,6 +242,8 @@ def figures(dashboard: services.Dashboard, days: int) -> None:
         )
     else:
         st.caption("No reviews yet: confirm or correct predictions under Browse.")
+
+    version_agreement(pairs)
 
 
 def render() -> None:

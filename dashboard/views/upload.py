@@ -57,9 +57,10 @@ def render() -> None:
     )
     if uploaded is None:
         st.caption(
-            "Drop one image here. The answer — label, probability against the decision "
-            "threshold, model version and a Grad-CAM heatmap — appears as soon as a worker has "
-            "analysed it. The same image uploaded again is answered from the database."
+            "Drop one image here. The answer — fracture suspected, doubt or no fracture, the "
+            "probability against the operating points, the model version, fracture boxes where "
+            "the model draws them, and a heat map — appears as soon as a worker has analysed "
+            "it. The same image uploaded again is answered from the database."
         )
         return
 

@@ -1,6 +1,7 @@
 """The whole product in a real browser: `fracture up`, then headless Chromium drives the dashboard.
 
 Upload a radiograph and read the answer; drop files into the inbox and find them under Browse;
+open a record that a second model version scored with fracture boxes, toggle the boxes off;
 correct one prediction and see it counted on the overview. Screenshots go to artifacts/.
 """
 
@@ -16,7 +17,10 @@ from urllib.error import URLError
 import pytest
 from playwright.sync_api import Page
 
+from db import queries
+from db.session import make_engine, make_session_factory, transaction
 from fracture.broker import free_port
+from fracture.settings import Settings
 from tests.helpers import (
     IN_CI,
     REPO,
@@ -68,6 +72,34 @@ def healthy(port: int) -> bool:
         return False
 
 
+def add_boxed_prediction(data_dir: Path, image_id: int) -> None:
+    """A second model version's prediction, with fracture boxes, for an image already scored.
+
+    The tiny test model has no heat head, so it draws no boxes; this row stands for what a
+    heat-head model stores (through `fracture rescore`), written as the worker writes it."""
+    settings = Settings(data_dir=data_dir)
+    factory = make_session_factory(make_engine(settings.resolved_database_url))
+    with transaction(factory) as session:
+        queries.store_batch(
+            session=session,
+            predictions=[
+                queries.NewPrediction(
+                    image_id=image_id,
+                    model_version="heat_e2e-v2",
+                    label="fractured",
+                    probability=0.91,
+                    threshold=0.5,
+                    batch_size=1,
+                    inference_ms=5.0,
+                    verdict="fracture",
+                    doubt_threshold=0.2,
+                    boxes=[[60.0, 80.0, 120.0, 100.0, 0.87]],
+                )
+            ],
+            failures={},
+        )
+
+
 @pytest.fixture
 def product(tmp_path: Path, tiny_model: Path) -> Iterator[tuple[str, Path]]:
     """`fracture up` on free ports with the tiny model; yields (dashboard URL, inbox)."""
@@ -90,7 +122,7 @@ def product(tmp_path: Path, tiny_model: Path) -> Iterator[tuple[str, Path]]:
         yield f"http://127.0.0.1:{port}", inbox
 
 
-def test_upload_browse_review_in_a_real_browser(product: tuple[str, Path]) -> None:
+def test_upload_browse_review_in_a_real_browser(product: tuple[str, Path], tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     url, inbox = product
@@ -109,6 +141,7 @@ def test_upload_browse_review_in_a_real_browser(product: tuple[str, Path]) -> No
             expect(page.get_by_text("Fracture probability")).to_be_visible(timeout=120_000)
             expect(page.get_by_text("suspected").first).to_be_visible()
             expect(page.get_by_text("answered in")).to_be_visible()
+            expect(page.get_by_text("p = ").first).to_be_visible()  # both operating points
             expect(page.get_by_text("Grad-CAM").first).to_be_visible()
             settled(page, images=2)
             page.screenshot(path=ARTIFACTS / "dashboard-upload.png")
@@ -131,9 +164,19 @@ def test_upload_browse_review_in_a_real_browser(product: tuple[str, Path]) -> No
 
             assert wait_for(all_listed, timeout=120, interval=1.0), "inbox files not listed"
 
+            add_boxed_prediction(tmp_path / "data", image_id=1)  # the uploaded radiograph
             page.get_by_label("Open image #").fill("1")
             page.keyboard.press("Enter")
             expect(page.get_by_text("Reader review")).to_be_visible()
+            # The latest prediction, its boxes (on by default) and the earlier one below.
+            boxes = page.get_by_text("Show fracture boxes")
+            expect(boxes).to_be_visible()
+            expect(page.get_by_text("1 fracture box (score 0.87)").first).to_be_visible()
+            expect(page.get_by_text("Earlier predictions (1)")).to_be_visible()
+            settled(page, images=1)
+            page.screenshot(path=ARTIFACTS / "dashboard-boxes.png")
+            boxes.click()
+            expect(page.get_by_text("fracture boxes hidden").first).to_be_visible()
             page.get_by_label("Reader", exact=True).fill("Dr Browser")
             page.get_by_role("button", name="Correct to:").click()
             expect(page.get_by_text("Review saved")).to_be_visible()
@@ -143,6 +186,7 @@ def test_upload_browse_review_in_a_real_browser(product: tuple[str, Path]) -> No
             page.get_by_role("link", name="Overview").click()
             expect(page.get_by_text("Model against readers")).to_be_visible()
             expect(page.get_by_text("Readers' verdicts are the reference")).to_be_visible()
+            expect(page.get_by_text("Model versions against each other")).to_be_visible()
             expect(notice).to_be_visible()
             settled(page)
             page.wait_for_selector('[data-testid="stVegaLiteChart"]', timeout=30_000)

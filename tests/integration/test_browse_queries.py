@@ -207,6 +207,13 @@ def test_latest_prediction_decides_the_label_filter(
             browse.BrowseFilter(labels=(browse.NEGATIVE_LABEL,), sources=("watch",)),
             {"ward1/a.png", "ward1/b.png", "ward2/d.png", "WARD4/H.PNG"},
         ),
+        # one operating point: the verdict is the label's ("doubt" never given)
+        (
+            browse.BrowseFilter(verdicts=("fracture",)),
+            {"ward1/a.png", "ward2/c.png", "ward3/e_100%.png", "ward4/i.png", "ward4/j.png"},
+        ),
+        (browse.BrowseFilter(verdicts=("no_fracture",), model_version=V2), {"ward1/a.png"}),
+        (browse.BrowseFilter(verdicts=("doubt",)), set()),
     ],
 )
 def test_each_filter_narrows_the_rows(
@@ -375,6 +382,8 @@ def test_filter_values_are_checked() -> None:
         browse.BrowseFilter(labels=("broken",))
     with pytest.raises(browse.QueryError, match="choose from queued, processing, done, failed"):
         browse.BrowseFilter(statuses=("lost",))
+    with pytest.raises(browse.QueryError, match="choose from fracture, doubt, no_fracture"):
+        browse.BrowseFilter(verdicts=("fractured",))
     with pytest.raises(browse.QueryError, match="between 0 and 1"):
         browse.BrowseFilter(probability_min=1.5)
     with pytest.raises(browse.QueryError, match="timezone-aware"):

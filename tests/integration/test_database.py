@@ -1,6 +1,8 @@
 """Query functions on a real SQLite file and a real PostgreSQL server."""
 
+from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, inspect, select
@@ -205,3 +207,123 @@ def test_batch_insert_survives_a_row_another_worker_stored_first(factory) -> Non
     with factory() as session:
         stored = dict(session.execute(select(Prediction.image_id, Prediction.probability)).all())
     assert stored == {ids[0]: 0.7, ids[1]: 0.9, ids[2]: 0.7}
+
+
+def test_migration_0004_gives_stored_predictions_a_verdict_and_keeps_their_reviews(
+    database_url: str,
+) -> None:
+    """A database at 0003 with predictions and a review: upgraded, every prediction has the
+    verdict its label implies and no doubt threshold or boxes; downgraded, nothing is lost."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from db.migrate import alembic_config
+
+    upgrade(database_url, "0003")
+    engine = make_engine(database_url)
+    now = utcnow()
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO images (id, sha256, path, filename, source, bytes, received_at,"
+                " status, attempts, updated_at) VALUES (:id, :sha, '/x', :name, 'watch', 1, :now,"
+                " 'done', 1, :now)"
+            ),
+            [
+                {"id": 1, "sha": "1" * 64, "name": "a.jpg", "now": now},
+                {"id": 2, "sha": "2" * 64, "name": "b.jpg", "now": now},
+            ],
+        )
+        connection.execute(
+            text(
+                "INSERT INTO predictions (id, image_id, model_version, label, probability,"
+                " threshold, threshold_source, batch_size, inference_ms, created_at)"
+                " VALUES (:id, :id, 'v1', :label, :p, 0.5, 'global', 2, 5.0, :now)"
+            ),
+            [
+                {"id": 1, "label": "fractured", "p": 0.8, "now": now},
+                {"id": 2, "label": "not_fractured", "p": 0.2, "now": now},
+            ],
+        )
+        connection.execute(
+            text(
+                "INSERT INTO reviews (prediction_id, reviewer, verdict, agrees, created_at)"
+                " VALUES (1, 'reader', 'fractured', :yes, :now)"
+            ),
+            {"yes": True, "now": now},
+        )
+    upgrade(database_url)
+    with make_session_factory(engine)() as session:
+        stored = {
+            p.id: (p.label, p.verdict, p.doubt_threshold, p.boxes)
+            for p in session.scalars(select(Prediction))
+        }
+        assert session.scalar(select(func.count()).where(Prediction.verdict == "doubt")) == 0
+    assert stored == {
+        1: ("fractured", "fracture", None, None),
+        2: ("not_fractured", "no_fracture", None, None),
+    }
+    indexes = {i["name"] for i in inspect(engine).get_indexes("predictions")}
+    assert "ix_predictions_verdict" in indexes
+
+    command.downgrade(alembic_config(database_url), "0003")
+    columns = {c["name"] for c in inspect(engine).get_columns("predictions")}
+    assert not {"verdict", "doubt_threshold", "boxes"} & columns
+    with engine.connect() as connection:  # a table copy on SQLite would cascade to the reviews
+        assert connection.scalar(text("SELECT count(*) FROM predictions")) == 2
+        assert connection.scalar(text("SELECT count(*) FROM reviews")) == 1
+    upgrade(database_url)
+    engine.dispose()
+
+
+def test_verdict_doubt_threshold_and_boxes_are_stored_and_read_back(factory) -> None:
+    from db import browse
+
+    ids = [_register(factory, c * 64, f"{c}.jpg")[0] for c in "789"]
+    boxes = [[10.5, 20.0, 30.0, 40.25, 0.875], [1.0, 2.0, 3.0, 4.0, 0.5]]
+
+    def new(index: int, label: str, probability: float, **answer: Any) -> queries.NewPrediction:
+        return queries.NewPrediction(
+            image_id=ids[index],
+            model_version="v2",
+            label=label,
+            probability=probability,
+            threshold=0.6,
+            batch_size=3,
+            inference_ms=1.0,
+            **answer,
+        )
+
+    stored_new = [
+        new(0, "not_fractured", 0.4, verdict="doubt", doubt_threshold=0.3, boxes=boxes),
+        # a model that draws boxes and found none; one that draws none (old checkpoints),
+        # whose verdict follows from its label
+        new(1, "not_fractured", 0.1, verdict="no_fracture", doubt_threshold=0.3, boxes=()),
+        new(2, "fractured", 0.9),
+    ]
+    with transaction(factory) as session:
+        queries.store_batch(session=session, predictions=stored_new, failures={})
+    with factory() as session:
+        stored = {
+            p.image_id: (p.verdict, p.doubt_threshold, p.boxes)
+            for p in session.scalars(select(Prediction))
+        }
+        null_boxes = set(
+            session.scalars(select(Prediction.image_id).where(Prediction.boxes.is_(None)))
+        )
+        doubts = browse.browse(session=session, flt=browse.BrowseFilter(verdicts=("doubt",)))
+        answered = browse.count_rows(
+            session=session, flt=browse.BrowseFilter(verdicts=("fracture", "no_fracture"))
+        )
+    assert stored == {
+        ids[0]: ("doubt", 0.3, boxes),
+        ids[1]: ("no_fracture", 0.3, []),
+        ids[2]: ("fracture", None, None),
+    }
+    assert null_boxes == {ids[2]}  # SQL NULL, not a JSON null
+    assert [(r.image_id, r.verdict, r.doubt_threshold, r.boxes) for r in doubts.rows] == [
+        (ids[0], "doubt", 0.3, boxes)
+    ]
+    assert answered == 2
+    with pytest.raises(ValueError, match="choose from fracture, doubt, no_fracture"):
+        replace(stored_new[0], verdict="doubtful")

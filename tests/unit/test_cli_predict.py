@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fracture.cli import app
 from model.regions import REGIONS
-from tests.helpers import make_tiny_checkpoint, sample_images
+from tests.helpers import make_tiny_checkpoint, make_tiny_heat_checkpoint, sample_images
 
 
 def test_predict_json_lines(tmp_path: Path) -> None:
@@ -30,12 +30,50 @@ def test_predict_json_lines(tmp_path: Path) -> None:
     assert done["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
     assert (done["region"], done["threshold_source"]) == ("leg", "global")
     assert 0.99 < done["region_probability"] <= 1.0
+    # one operating point, no heat head: two answers and no boxes
+    expected = "fracture" if done["label"] == "fractured" else "no_fracture"
+    assert (done["verdict"], done["doubt_threshold"], done["boxes"]) == (expected, None, [])
     assert cut["status"] == "failed" and cut["error"] and cut["sha256"]
+    assert (cut["verdict"], cut["boxes"]) == (None, None)
     assert absent["status"] == "failed" and absent["sha256"] is None and absent["error"]
 
     text = CliRunner().invoke(app, ["predict", str(good), "--model", str(model)])
     assert text.exit_code == 0
     assert ", leg 100%" in text.output or ", leg 99%" in text.output
+    assert text.output.startswith(
+        f"{good}: {'Fracture' if expected == 'fracture' else 'No fracture'} ("
+    )
+    assert "box" not in text.output
+    assert "not for clinical use" in text.output
+
+
+def test_predict_gives_the_verdict_and_boxes_of_a_heat_head_model(tmp_path: Path) -> None:
+    from PIL import Image
+
+    good = sample_images()[0]
+    with Image.open(good) as image:
+        width, height = image.size  # the fixtures carry no EXIF rotation
+    # Threshold 1 and doubt threshold 0: every image is answered "doubt", with boxes.
+    model = make_tiny_heat_checkpoint(tmp_path / "heat.pt", threshold=1.0, doubt_threshold=0.0)
+    result = CliRunner().invoke(app, ["predict", str(good), "--json", "--model", str(model)])
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in result.output.splitlines()]
+    assert (record["label"], record["verdict"], record["doubt_threshold"]) == (
+        "not_fractured",
+        "doubt",
+        0.0,
+    )
+    assert record["boxes"], "a doubt answer of a heat-head model has at least one box"
+    for x, y, w, h, score in record["boxes"]:
+        assert 0 <= x < x + w <= width and 0 <= y < y + h <= height  # original pixels
+        assert 0.0 <= score <= 1.0
+
+    text = CliRunner().invoke(app, ["predict", str(good), "--model", str(model)])
+    assert text.exit_code == 0, text.output
+    count = len(record["boxes"])
+    first = text.output.splitlines()[0]
+    assert first.startswith(f"{good}: Doubt (p=") and ", doubt from 0.000" in first
+    assert first.endswith(f", {count} box" if count == 1 else f", {count} boxes")
     assert "not for clinical use" in text.output
 
 

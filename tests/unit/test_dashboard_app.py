@@ -1,19 +1,23 @@
-"""The Streamlit app through AppTest: upload (answered), browse filters, review saved, sign-in."""
+"""The Streamlit app through AppTest: upload (answered), browse filters, the three verdicts,
+fracture boxes, earlier predictions and model-version agreement, review saved, sign-in."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import redis
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
+from dashboard import services
 from db import browse, queries
 from db.models import Image, Prediction, Review
 from db.session import make_engine, make_session_factory, transaction
@@ -25,6 +29,7 @@ from worker.processing import BatchProcessor
 
 APP = REPO / "dashboard" / "app.py"
 NOTICE = "Decision support only — not for clinical use."
+BOXES_TOGGLE = "Show fracture boxes"
 
 
 @pytest.fixture
@@ -93,12 +98,19 @@ def worker_thread(model: Path) -> Iterator[None]:
 
 
 def seed(
-    cases: list[tuple[str, float | None, str]],
+    cases: Sequence[tuple[str, float | None, str]],
     regions: dict[str, tuple[str, float, bool | None]] | None = None,
+    *,
+    model_version: str = "seed_cnn-test",
+    threshold: float = 0.5,
+    extra: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, int]:
     """(file name, probability or None for a failure, source) → image ids, via db.queries;
-    `regions` gives some files a (region, region probability, disagrees with DICOM)."""
+    `regions` gives some files a (region, region probability, disagrees with DICOM), `extra`
+    more prediction fields (verdict, doubt threshold, boxes). Seeding the same files again
+    with another `model_version` adds that model's predictions beside the first."""
     regions = regions or {}
+    extra = extra or {}
     from db.migrate import upgrade
 
     config = settings()
@@ -130,15 +142,18 @@ def seed(
                 predictions=[
                     queries.NewPrediction(
                         image_id=image.id,
-                        model_version="seed_cnn-test",
-                        label=browse.POSITIVE_LABEL if probability >= 0.5 else "not_fractured",
+                        model_version=model_version,
+                        label=browse.POSITIVE_LABEL
+                        if probability >= threshold
+                        else browse.NEGATIVE_LABEL,
                         probability=probability,
-                        threshold=0.5,
+                        threshold=threshold,
                         batch_size=1,
                         inference_ms=3.0,
                         region=regions[name][0] if name in regions else None,
                         region_probability=regions[name][1] if name in regions else None,
                         region_disagrees=regions[name][2] if name in regions else None,
+                        **extra.get(name, {}),
                     )
                 ],
                 failures={},
@@ -168,7 +183,10 @@ def test_upload_is_answered_with_label_probability_and_heatmap(
     label = "Fracture suspected" if expected.label == "fractured" else "No fracture suspected"
     assert label in page
     assert f"Fracture probability <b>{expected.probability:.3f}</b>" in page
-    assert "threshold 0.500" in page and expected.model_version in page
+    # The tiny model has one operating point: no doubt band, and no boxes to draw.
+    assert f"p = {expected.probability:.3f}; fracture at ≥ 0.500 (one operating point" in page
+    assert expected.model_version in page
+    assert BOXES_TOGGLE not in [t.label for t in at.toggle]
     assert "answered in" in page and "model " in page
     assert len(at.image) >= 2  # the original and its Grad-CAM overlay
 
@@ -241,7 +259,7 @@ def test_browse_filters_run_in_the_database(env: dict[str, str]) -> None:
     assert "**4** matching rows" in texts(at)
     assert len(table_files(at)) == 4
 
-    at.multiselect(key="f-labels").select(browse.POSITIVE_LABEL).run()
+    at.multiselect(key="f-verdicts").select("fracture").run()
     assert sorted(table_files(at)) == ["clinic/upload.jpg", "ward1/hand.jpg"]
     at.multiselect(key="f-sources").select("upload").run()
     assert table_files(at) == ["clinic/upload.jpg"]
@@ -342,6 +360,151 @@ def test_review_is_saved_beside_the_prediction_and_counted(env: dict[str, str]) 
     agreement = at.dataframe[-1].value
     assert list(agreement["Reviewed cases"]) == [1]
     assert list(agreement["FP"]) == [1] and list(agreement["Specificity"]) == ["0.0%"]
+
+
+# -- model v2: three verdicts, boxes, history ----------------------------------------------------
+
+TWO_POINTS = {"doubt_threshold": 0.12}  # a model with a doubt operating point below 0.35
+
+
+def caption_texts(at: AppTest) -> list[str]:
+    """Image captions (st.image) and st.caption lines."""
+    captions = [str(c.value) for c in at.caption]
+    for element in at.image:
+        captions += [str(c) for c in element.captions]
+    return captions
+
+
+def test_three_verdicts_with_both_operating_points_and_a_filter(env: dict[str, str]) -> None:
+    ids = seed(
+        [
+            ("a/fracture.jpg", 0.81, "watch"),
+            ("a/doubt.jpg", 0.2, "watch"),
+            ("a/none.jpg", 0.05, "watch"),
+        ],
+        threshold=0.35,
+        extra={
+            "a/fracture.jpg": {"verdict": "fracture", **TWO_POINTS, "boxes": []},
+            "a/doubt.jpg": {"verdict": "doubt", **TWO_POINTS, "boxes": []},
+            "a/none.jpg": {"verdict": "no_fracture", **TWO_POINTS, "boxes": []},
+        },
+    )
+    at = app().run()
+    at.switch_page("views/browse.py").run()
+    assert_clean(at)
+    verdicts = dict(zip(table_files(at), at.dataframe[0].value["Verdict"], strict=True))
+    assert verdicts == {
+        "a/fracture.jpg": "Fracture suspected",
+        "a/doubt.jpg": "Doubt — review",
+        "a/none.jpg": "No fracture suspected",
+    }
+    expected = {
+        "a/fracture.jpg": ("pos", "Fracture suspected", "p = 0.810"),
+        "a/doubt.jpg": ("doubt", "Doubt — review", "p = 0.200"),
+        "a/none.jpg": ("neg", "No fracture suspected", "p = 0.050"),
+    }
+    for name, (colour, heading, probability) in expected.items():
+        at.number_input(key="open-image").set_value(ids[name]).run()
+        assert_clean(at)
+        card = next(m.value for m in at.markdown if '<div class="fx-label">' in m.value)
+        assert f'class="fx-card {colour}"' in card and heading in card
+        assert f"{probability}; fracture at ≥ 0.350, doubt at ≥ 0.120" in card
+        # A heat-head model that found no fracture region says so instead of drawing boxes.
+        assert BOXES_TOGGLE not in [t.label for t in at.toggle]
+        assert any("no fracture region marked" in c for c in caption_texts(at))
+        # A doubt has nothing to confirm: the reader settles it either way.
+        settles = any(b.label.startswith("Reader sees:") for b in at.button)
+        assert settles == (colour == "doubt")
+
+    at.multiselect(key="f-verdicts").select("doubt").run()
+    assert table_files(at) == ["a/doubt.jpg"]
+    at.multiselect(key="f-verdicts").select("fracture").run()
+    assert sorted(table_files(at)) == ["a/doubt.jpg", "a/fracture.jpg"]
+    assert_clean(at)
+
+
+def test_fracture_boxes_are_drawn_with_scores_and_the_toggle_hides_them(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    boxes = [[40.0, 60.0, 120.0, 90.0, 0.82], [200.0, 300.0, 50.0, 40.0, 0.41]]
+    ids = seed(
+        [("b/boxes.jpg", 0.9, "watch")],
+        threshold=0.35,
+        extra={"b/boxes.jpg": {"verdict": "fracture", **TWO_POINTS, "boxes": boxes}},
+    )
+    drawn: list[tuple[tuple[int, ...], list[services.Box], tuple[int, int]]] = []
+    real = services.draw_boxes
+
+    def spy(image: np.ndarray, shown: list[services.Box], size: tuple[int, int]) -> np.ndarray:
+        drawn.append((image.shape, shown, size))
+        return real(image, shown, size)
+
+    monkeypatch.setattr(services, "draw_boxes", spy)
+    at = app().run()
+    at.switch_page("views/browse.py").run()
+    at.number_input(key="open-image").set_value(ids["b/boxes.jpg"]).run()
+    assert_clean(at)
+    toggle = next(t for t in at.toggle if t.label == BOXES_TOGGLE)
+    assert toggle.value is True  # on by default
+    assert any("2 fracture boxes (score 0.82, 0.41)" in c for c in caption_texts(at))
+    # Drawn on the original (the sample radiographs are 373 × 454) in its own pixel frame.
+    assert drawn and drawn[0][1] == [tuple(b) for b in boxes] and drawn[0][2] == (373, 454)
+
+    drawn.clear()
+    toggle.set_value(False).run()
+    assert_clean(at)
+    assert drawn == []
+    assert any("fracture boxes hidden" in c for c in caption_texts(at))
+    assert not any("2 fracture boxes" in c for c in caption_texts(at))
+    fields = at.expander[-1].dataframe[0].value  # All stored fields
+    shown = dict(zip(fields["Field"], fields["Value"], strict=True))
+    assert shown["Fracture boxes"] == "[40, 60, 120, 90, 0.82]; [200, 300, 50, 40, 0.41]"
+    assert shown["Verdict"] == "Fracture suspected" and shown["Doubt threshold"] == "0.1200"
+
+
+def test_latest_prediction_shown_with_earlier_ones_and_version_agreement(
+    env: dict[str, str],
+) -> None:
+    cases = [
+        ("c/one.jpg", 0.9, "watch"),
+        ("c/two.jpg", 0.3, "watch"),
+        ("c/three.jpg", 0.1, "watch"),
+    ]
+    ids = seed(cases, model_version="seed_cnn-v1")  # one operating point, no verdict stored
+    seed(
+        [("c/one.jpg", 0.7, "watch"), ("c/two.jpg", 0.2, "watch"), ("c/three.jpg", 0.05, "watch")],
+        model_version="heat-v2",
+        threshold=0.35,
+        extra={
+            "c/one.jpg": {"verdict": "fracture", **TWO_POINTS, "boxes": []},
+            "c/two.jpg": {"verdict": "doubt", **TWO_POINTS, "boxes": []},
+            "c/three.jpg": {"verdict": "no_fracture", **TWO_POINTS, "boxes": []},
+        },
+    )
+    at = app().run()
+    at.switch_page("views/browse.py").run()
+    at.number_input(key="open-image").set_value(ids["c/two.jpg"]).run()
+    assert_clean(at)
+    assert "Doubt — review" in texts(at)  # the latest model's answer
+    assert at.selectbox(key="browse-version").value == "heat-v2"
+    history = next(e for e in at.expander if e.label.startswith("Earlier predictions"))
+    assert history.label.startswith("Earlier predictions (1)")
+    earlier = history.dataframe[0].value
+    assert list(earlier["Model version"]) == ["seed_cnn-v1"]
+    assert list(earlier["Verdict"]) == ["No fracture suspected"]
+    assert list(earlier["Probability"]) == [0.3]
+
+    at.switch_page("views/overview.py").run()
+    assert_clean(at)
+    pairs = next(d.value for d in at.dataframe if "Later model" in d.value.columns)
+    assert list(pairs["Earlier model"]) == ["seed_cnn-v1"]
+    assert list(pairs["Later model"]) == ["heat-v2"]
+    assert list(pairs["Images scored by both"]) == [3] and list(pairs["Same verdict"]) == [2]
+    assert list(pairs["Agreement"]) == ["66.7%"]
+    cross = next(d.value for d in at.dataframe if d.value.index.name == "Earlier ↓ / later →")
+    assert cross.loc["seed_cnn-v1: No fracture suspected", "heat-v2: Doubt — review"] == 1
+    assert cross.loc["seed_cnn-v1: Fracture suspected", "heat-v2: Fracture suspected"] == 1
+    assert int(cross.to_numpy().sum()) == 3
 
 
 # -- access --------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +220,44 @@ def test_csv_export_streams_the_filtered_rows(dashboard: services.Dashboard) -> 
     assert rows[0]["probability"] == "0.900000" and rows[0]["review_count"] == "0"
 
 
+def test_csv_export_carries_verdict_doubt_threshold_and_boxes(
+    dashboard: services.Dashboard,
+) -> None:
+    boxes = [[12.5, 30.0, 40.0, 22.5, 0.75]]
+    answers = {"doubt.png": ("doubt", 0.2, boxes), "old.png": (None, None, None)}
+    with transaction(dashboard.factory) as session:
+        for index, (name, (verdict, doubt_threshold, drawn)) in enumerate(answers.items()):
+            image, _ = queries.register_image(
+                session=session, sha256=f"{index:064x}", path="/x", filename=name, size=1
+            )
+            session.flush()
+            queries.store_batch(
+                session=session,
+                predictions=[
+                    queries.NewPrediction(
+                        image_id=image.id,
+                        model_version="m-1",
+                        label=browse.NEGATIVE_LABEL,
+                        probability=0.3,
+                        threshold=0.5,
+                        batch_size=1,
+                        inference_ms=5.0,
+                        verdict=verdict,
+                        doubt_threshold=doubt_threshold,
+                        boxes=drawn,
+                    )
+                ],
+                failures={},
+            )
+    flt = browse.BrowseFilter(verdicts=("doubt", "no_fracture"))
+    text = services.export_csv(dashboard.factory, flt, browse.SortKey.FILENAME).decode()
+    rows = {r["filename"]: r for r in csv.DictReader(io.StringIO(text.split("\n", 1)[1]))}
+    doubt, old = rows["doubt.png"], rows["old.png"]
+    assert (doubt["verdict"], doubt["doubt_threshold"]) == ("doubt", "0.200000")
+    assert json.loads(doubt["boxes"]) == boxes
+    assert (old["verdict"], old["doubt_threshold"], old["boxes"]) == ("no_fracture", "", "")
+
+
 def test_window_level_maps_the_window_to_black_and_white() -> None:
     pixels = np.array([[0.0, 0.25, 0.5, 0.75, 1.0]], dtype=np.float32)
     assert services.apply_window(pixels, 0.5, 1.0).tolist() == [[0, 64, 128, 191, 255]]
@@ -227,3 +266,28 @@ def test_window_level_maps_the_window_to_black_and_white() -> None:
     large = np.random.default_rng(0).random((3000, 1000)).astype(np.float32)
     assert services.display_pixels(large).shape == (1024, 341)
     assert services.display_pixels(pixels).shape == pixels.shape
+
+
+def test_boxes_are_drawn_scaled_from_original_to_displayed_pixels() -> None:
+    displayed = np.zeros((200, 100), dtype=np.uint8)  # a 200 × 400 original shown at half size
+    box = (40.0, 100.0, 60.0, 80.0, 0.82)  # original pixels → x 20–50, y 50–90 on display
+    drawn = services.draw_boxes(displayed, [box], original_size=(200, 400))
+    assert drawn.shape == (200, 100, 3) and drawn.dtype == np.uint8
+    magenta = np.all(drawn == services.BOX_COLOUR, axis=-1)
+    assert magenta[70, 21] and magenta[70, 48] and magenta[88, 35]  # left, right, bottom edges
+    assert not magenta[55:87, 24:47].any()  # the inside stays the image
+    assert not magenta[92:, :].any() and not magenta[:, 52:].any()  # nothing outside
+    assert magenta[35:50, 20:30].any()  # the score's tag, above the box
+    assert (services.draw_boxes(displayed, [], (200, 400)) == 0).all()
+
+
+def test_only_well_formed_stored_boxes_are_drawn() -> None:
+    stored = [
+        [1, 2, 3, 4, 0.5],
+        [1, 2, 3],  # too short
+        [1, 2, 0, 4, 0.5],  # no width
+        ["x", 2, 3, 4, 0.5],
+        [1, 2, 3, float("nan"), 0.5],
+    ]
+    assert services.valid_boxes(stored) == [(1.0, 2.0, 3.0, 4.0, 0.5)]
+    assert services.valid_boxes(None) == [] and services.valid_boxes("[]") == []

@@ -116,7 +116,12 @@ def test_classifier_matches_evaluation_probabilities(
         direct = [r.probability for r in classifier.predict_sources(files)]  # type: ignore[union-attr]
     finally:
         classifier.close()
-    images = load_images([s for s in scan(root / "val") if s.path in files], size=SIZE, exact=True)
+    images = load_images(
+        [s for s in scan(root / "val") if s.path in files],
+        size=SIZE,
+        exact=True,
+        letterbox=model.preset.letterbox,
+    )
     from model.evaluate import predict_probabilities
 
     assert predict_probabilities(model, images) == pytest.approx(direct, abs=1e-6)
@@ -152,8 +157,8 @@ def test_missing_class_folder_lists_allowed_names(tmp_path: Path) -> None:
 def test_augment_shapes_and_range() -> None:
     config = TrainConfig(data=Path("."), out=Path("x.pt"), arch="seed_cnn", size=SIZE)
     images = torch.rand(5, 1, 74, 74)
-    out = augment(images, SIZE, config, torch.Generator().manual_seed(0))
-    again = augment(images, SIZE, config, torch.Generator().manual_seed(0))
+    out, _ = augment(images, SIZE, config, torch.Generator().manual_seed(0))
+    again, _ = augment(images, SIZE, config, torch.Generator().manual_seed(0))
     assert out.shape == (5, 1, SIZE, SIZE)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     assert torch.equal(out, again)  # seeded → deterministic

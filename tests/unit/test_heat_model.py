@@ -1,0 +1,241 @@
+"""The v2 model's heat head: boxes in original pixels, round trips, runtimes, operating points."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import architectures, boxes, operating
+from model import checkpoint as ckpt
+from model.decode import decode
+from model.evaluate import threshold_for_sensitivity
+from model.inference import Classifier
+from model.preprocess import Preset
+from model.train import TrainConfig, augment, train
+from tests.unit.test_model_training import make_image_folder
+
+pytestmark = pytest.mark.unit
+
+SIZE = 64
+GRID = SIZE // 16
+
+
+def _heat_checkpoint(*, flip_tta: bool = False, letterbox: bool = True) -> ckpt.Checkpoint:
+    torch.manual_seed(0)
+    net = architectures.build("efficientnet_lite0", regions=2, heat=True).eval()
+    return ckpt.Checkpoint.from_network(
+        "efficientnet_lite0",
+        net,
+        preset=Preset(size=SIZE, letterbox=letterbox),
+        threshold=0.5,
+        doubt_threshold=0.2,
+        regions=("hand", "leg"),
+        heat=True,
+        box_threshold=0.3,
+        flip_tta=flip_tta,
+    )
+
+
+class _FixedOutputs(Classifier):
+    """A classifier whose network answers p = 0.9 with one hot heat cell (row, col)."""
+
+    cell = (2, 2)
+
+    def all_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        heat = torch.full((batch.shape[0], GRID, GRID), -8.0)
+        heat[:, self.cell[0], self.cell[1]] = 8.0
+        head = torch.tensor([[2.2, 1.0, 0.0]]).expand(batch.shape[0], 3)
+        return torch.cat([head, heat.flatten(1)], dim=1)
+
+
+def _jpeg(width: int, height: int, orientation: int | None = None) -> bytes:
+    image = Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (height, width), dtype=np.uint8)
+    )
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    image.save(buffer, "JPEG", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def _expected_box(upright_w: int, upright_h: int) -> tuple[float, float, float, float]:
+    """The hot cell's box in the original pixels of an upright_w × upright_h letterboxed image."""
+    found = boxes.from_heat(
+        np.where(np.arange(GRID * GRID).reshape(GRID, GRID) == 2 * GRID + 2, 0.9997, 0.0003),
+        SIZE,
+        floor=0.3,
+    )
+    x, y, w, h, _ = found[0]
+    scale = SIZE / max(upright_w, upright_h)
+    inner_w, inner_h = round(upright_w * scale), round(upright_h * scale)
+    left, top = (SIZE - inner_w) // 2, (SIZE - inner_h) // 2
+    scale_x, scale_y = inner_w / upright_w, inner_h / upright_h  # the image fills inner exactly
+    x0 = min(max((x - left) / scale_x, 0), upright_w)
+    x1 = min(max((x + w - left) / scale_x, 0), upright_w)
+    y0 = min(max((y - top) / scale_y, 0), upright_h)
+    y1 = min(max((y + h - top) / scale_y, 0), upright_h)
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def test_heat_checkpoint_round_trip_gives_the_same_outputs_and_boxes(tmp_path: Path) -> None:
+    original = _heat_checkpoint()
+    original.box_threshold = 0.0  # every box, so the comparison has something to compare
+    path = ckpt.save(original, tmp_path / "heat.pt")
+    loaded = ckpt.load(path)
+    assert loaded.heat and loaded.heat_grid == GRID
+    assert loaded.doubt_threshold == pytest.approx(0.2)
+    assert loaded.preset.letterbox
+    assert loaded.version == original.version
+    sources = [_jpeg(90, 60), _jpeg(50, 80)]
+    first = Classifier(original, device="cpu", runtime="torch").predict_sources(sources)
+    second = Classifier(loaded, device="cpu", runtime="torch").predict_sources(sources)
+    assert first == second
+    assert all(
+        r.boxes for r in first if not isinstance(r, Exception) and r.verdict != "no_fracture"
+    )
+
+
+def test_boxes_are_in_original_pixels_of_a_letterboxed_image() -> None:
+    classifier = _FixedOutputs(_heat_checkpoint(), device="cpu", runtime="torch")
+    (result,), _ = classifier.predict_prepared([classifier.prepare(_jpeg(300, 120))], "none")
+    assert result.verdict == "fracture"
+    assert result.boxes, "a fracture answer points somewhere"
+    assert result.boxes[0][:4] == pytest.approx(_expected_box(300, 120), abs=0.2)
+    x, y, w, h, score = result.boxes[0]
+    assert x >= 0 and x + w <= 300 and y >= 0 and y + h <= 120
+    assert score == pytest.approx(0.9997, abs=1e-3)
+
+
+def test_boxes_follow_exif_rotation() -> None:
+    """Stored 300×120 with orientation 6 (rotate 90°): shown and boxed as 120×300."""
+    data = _jpeg(300, 120, orientation=6)
+    decoded = decode(data, target_size=SIZE)
+    assert decoded.transposed and decoded.upright_size == (120, 300)
+    classifier = _FixedOutputs(_heat_checkpoint(), device="cpu", runtime="torch")
+    (result,), _ = classifier.predict_prepared([classifier.prepare(data)], "none")
+    assert result.boxes[0][:4] == pytest.approx(_expected_box(120, 300), abs=0.2)
+
+
+def test_boxes_scale_to_the_full_resolution_of_a_reduced_jpeg_decode() -> None:
+    """A large JPEG decodes at reduced scale; its boxes are still in full-size pixels."""
+    classifier = _FixedOutputs(_heat_checkpoint(), device="cpu", runtime="torch")
+    prepared = classifier.prepare(_jpeg(1200, 480))
+    assert prepared.decoded.pixels.shape[1] < 1200  # draft decoding at reduced scale
+    (result,), _ = classifier.predict_prepared([prepared], "none")
+    assert result.boxes[0][:4] == pytest.approx(_expected_box(1200, 480), rel=0.02, abs=1.0)
+
+
+def test_no_fracture_answers_carry_no_boxes() -> None:
+    class Quiet(_FixedOutputs):
+        def all_logits(self, batch: torch.Tensor) -> torch.Tensor:
+            out = super().all_logits(batch)
+            out[:, 0] = -6.0
+            return out
+
+    classifier = Quiet(_heat_checkpoint(), device="cpu", runtime="torch")
+    (result,), maps = classifier.predict_prepared([classifier.prepare(_jpeg(80, 80))], "positive")
+    assert result.verdict == "no_fracture" and result.boxes == () and maps == {}
+
+
+def test_three_answers_follow_the_two_operating_points() -> None:
+    checkpoint = _heat_checkpoint()
+    assert checkpoint.verdict(0.6, 0.5) == "fracture"
+    assert checkpoint.verdict(0.3, 0.5) == "doubt"
+    assert checkpoint.verdict(0.1, 0.5) == "no_fracture"
+    assert dataclasses.replace(checkpoint, doubt_threshold=None).verdict(0.3, 0.5) == "no_fracture"
+
+
+def test_onnx_runtime_matches_pytorch_for_a_heat_network_with_flip_tta() -> None:
+    checkpoint = _heat_checkpoint(flip_tta=True)
+    onnx = Classifier(checkpoint, device="cpu", runtime="onnx")
+    plain = Classifier(checkpoint, device="cpu", runtime="torch")
+    assert onnx.runtime == "onnx"
+    batch = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(onnx.all_logits(batch), plain.all_logits(batch), atol=1e-4)
+
+
+def test_flip_tta_heat_map_of_a_mirrored_image_is_the_mirrored_map() -> None:
+    classifier = Classifier(_heat_checkpoint(flip_tta=True), device="cpu", runtime="torch")
+    batch = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    heat = classifier.heat(classifier.all_logits(batch))
+    mirrored = classifier.heat(classifier.all_logits(batch.flip(-1)))
+    assert np.allclose(heat[0], mirrored[0][:, ::-1], atol=1e-5)
+
+
+def test_from_heat_finds_separate_peaks_best_first() -> None:
+    heat = np.zeros((4, 4), dtype=np.float32)
+    heat[0, 0], heat[3, 3] = 0.8, 0.6
+    found = boxes.from_heat(heat, 64, floor=0.1)
+    assert [round(b[4], 2) for b in found] == [0.8, 0.6]
+    assert found[0][0] < 16 and found[0][1] < 16  # top-left
+    assert found[1][0] + found[1][2] > 48 and found[1][1] + found[1][3] > 48  # bottom-right
+    assert boxes.from_heat(heat, 64, floor=0.9) == []
+
+
+def test_augment_moves_outline_masks_with_the_image() -> None:
+    config = TrainConfig(data=Path("."), out=Path("x.pt"), rot90=1.0, downscale=0.0)
+    image = torch.zeros(1, 1, 74, 74)
+    image[0, 0, 10:20, 50:60] = 1.0  # a bright square, and its outline on the same pixels
+    out, masks = augment(image, SIZE, config, torch.Generator().manual_seed(0), image.clone())
+    assert masks is not None
+    inside = masks[0, 0] > 0.5
+    assert bool(inside.any())
+    assert float(out[0, 0][inside].mean()) > 3 * float(out[0, 0][~inside].mean())
+
+
+def test_robust_threshold_holds_in_resamples_and_is_no_higher_than_plain() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(100), np.zeros(400)].astype(int)
+    scores = np.r_[rng.beta(5, 2, 100), rng.beta(2, 5, 400)]
+    plain = threshold_for_sensitivity(labels, scores, 0.9)
+    robust = operating.robust_threshold(labels, scores, 0.9, confidence=0.8)
+    assert robust < plain
+    assert float((scores[labels == 1] >= robust).mean()) > 0.9
+    report = operating.split_half_check(
+        labels, scores, {"fracture": 0.9}, confidence=0.8, repeats=20
+    )
+    assert report["fracture"]["robust_sens"] > report["fracture"]["plain_sens"]
+
+
+def test_training_with_outlines_gives_a_heat_checkpoint_with_two_operating_points(
+    tmp_path: Path,
+) -> None:
+    root = make_image_folder(tmp_path / "images")
+    images, annotations = [], []
+    for index, path in enumerate(sorted((root / "train" / "fractured").glob("*.png"))):
+        with Image.open(path) as image:
+            width, height = image.size
+        images.append({"id": index, "file_name": f"train/fractured/{path.name}", "width": width,
+                       "height": height})  # fmt: skip
+        annotations.append({"id": index, "image_id": index, "category_id": 1,
+                            "bbox": [width / 3, height / 3, width / 3, 8]})  # fmt: skip
+    (root / "annotations.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": []})
+    )
+    config = TrainConfig(
+        data=root, out=root / "heat.pt", epochs=1, size=SIZE, batch_size=8,
+        work_dir=root / "work", progress=False, threads=1, freeze_blocks=0,
+    )  # fmt: skip
+    checkpoint = train(config)
+    assert checkpoint.heat and checkpoint.preset.letterbox
+    assert checkpoint.doubt_threshold is not None
+    assert checkpoint.doubt_threshold <= checkpoint.threshold
+    assert "val_pointing" in checkpoint.extra["history"][0]
+    assert "out_of_sample" in checkpoint.extra["val_metrics"]
+
+
+def test_stored_map_of_a_letterboxed_image_covers_the_image_only() -> None:
+    """The map saved for the dashboard has the image's aspect ratio, padding cut away."""
+    classifier = _FixedOutputs(_heat_checkpoint(), device="cpu", runtime="torch")
+    (_,), maps = classifier.predict_prepared([classifier.prepare(_jpeg(300, 120))], "all")
+    height, width = maps[0].shape
+    assert width / height == pytest.approx(300 / 120, rel=0.1)

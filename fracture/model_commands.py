@@ -255,6 +255,13 @@ def calibrate_command(
             help="score image + mirror image (twice the compute) [keep the file's mode]",
         ),
     ] = None,
+    turn_tta: Annotated[
+        bool | None,
+        typer.Option(
+            "--turn-tta/--no-turn-tta",
+            help="also score the image turned by 90/180/270° (×4 compute) [keep the file's mode]",
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads")] = 2,
     doubt_sensitivity: DoubtSensitivityOpt = 0.95,
     threshold_confidence: ThresholdConfidenceOpt = 0.8,
@@ -276,6 +283,7 @@ def calibrate_command(
             region_thresholds=region_thresholds,
             min_region_fractures=min_region_fractures,
             flip_tta=flip_tta,
+            turn_tta=turn_tta,
             threads=threads,
             doubt_sensitivity=doubt_sensitivity,
             confidence=threshold_confidence,
@@ -294,8 +302,34 @@ def calibrate_command(
         )
         + (f", per region: {per_region}" if per_region else ", no per-region thresholds")
         + (", flip TTA" if checkpoint.flip_tta else "")
+        + (", quarter-turn TTA" if checkpoint.turn_tta else "")
     )
     typer.echo("Decision support only, not for clinical use.")
+
+
+def ensemble_command(
+    models: Annotated[
+        list[Path], typer.Option("--model", help="a trained checkpoint (give two or more)")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="the ensemble checkpoint to write")],
+) -> None:
+    """Combine trained checkpoints of one layout into an ensemble (mean of their outputs).
+
+    Refit its calibration afterwards with `fracture calibrate`.
+    """
+    from model import checkpoint as ckpt
+
+    _setup_logging()
+    try:
+        combined = ckpt.combine([ckpt.load(path) for path in models])
+    except ckpt.CheckpointError as exc:
+        _fail(str(exc))
+        return
+    ckpt.save(combined, out)
+    typer.echo(
+        f"wrote {out} ({combined.version}): {len(models)} members; "
+        "refit its calibration with `fracture calibrate` before use"
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -303,3 +337,4 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
     app.command("calibrate")(calibrate_command)
+    app.command("ensemble")(ensemble_command)

@@ -192,6 +192,25 @@ def heat_grid(net: nn.Module) -> int:
     return 16 if isinstance(net, HeatNet) else 0
 
 
+class Ensemble(nn.Module):
+    """Several networks of one layout scored together: the mean of their outputs (logits and
+    heat maps alike), so that one calibration and one threshold apply to the ensemble."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
+
+
+def has_heat(net: nn.Module) -> bool:
+    """Whether the network (or every member of an ensemble) has a fracture heat map."""
+    if isinstance(net, Ensemble):
+        return all(has_heat(member) for member in net.members)
+    return isinstance(net, HeatNet)
+
+
 def backbone(net: nn.Module) -> nn.Module:
     """The feature network under the heads (the network itself when single-headed)."""
     return net.body if isinstance(net, TwoHeads | HeatNet) else net
@@ -206,8 +225,8 @@ def tail(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The network after its last convolution, as a function of that convolution's output
     (to the same (N, 1 + R) outputs), for the networks whose layout is known here; else None.
     It leaves its input unchanged, so gradients can be taken with respect to it."""
-    if isinstance(net, HeatNet):
-        return None  # its map reads earlier features too: no split after the last convolution
+    if isinstance(net, HeatNet | Ensemble):
+        return None  # no single split after one last convolution
     body = backbone(net)
     body_tail: Callable[[torch.Tensor], torch.Tensor]
     if isinstance(body, SeedCNN):
@@ -247,6 +266,14 @@ def build(
 ) -> nn.Module:
     """A fresh network by name; `pretrained` only where weights are available offline;
     `regions` > 0 adds a body-region head of that many classes; `heat` a fracture heat map."""
+    members = int(kwargs.pop("members", 1))  # type: ignore[call-overload]
+    if members > 1:
+        return Ensemble(
+            [
+                build(arch, pretrained=pretrained, regions=regions, heat=heat, **kwargs)
+                for _ in range(members)
+            ]
+        )
     net = _build_single(arch, pretrained=pretrained, **kwargs)
     if heat:
         return with_heat_head(net, regions)

@@ -43,6 +43,9 @@ class Checkpoint:
     # Score each image as the mean of the network's outputs on it and on its mirror image; the
     # temperature and thresholds above were fitted in the same mode.
     flip_tta: bool = False
+    # Also average over the image turned by 90, 180 and 270° (×4 passes): answers that do not
+    # depend on how a site stores its radiographs.
+    turn_tta: bool = False
     # A network with a fracture heat map (architectures.HeatNet): its outputs carry the map after
     # the region logits, and boxes are read off it (`box_threshold`: lowest peak probability
     # reported as a box).
@@ -51,6 +54,11 @@ class Checkpoint:
     # The lower "doubt" operating point (chosen for a higher sensitivity): probabilities in
     # [doubt_threshold, threshold) are answered "doubt". None: two answers only.
     doubt_threshold: float | None = None
+
+    @property
+    def passes(self) -> int:
+        """Forward passes per image in this inference mode."""
+        return (2 if self.flip_tta else 1) * (4 if self.turn_tta else 1)
 
     @property
     def heat_grid(self) -> int:
@@ -92,6 +100,8 @@ class Checkpoint:
             meta += f"|{self.regions}|{sorted(self.region_thresholds.items())}"
         if self.flip_tta:
             meta += "|flip_tta"
+        if self.turn_tta:
+            meta += "|turn_tta"
         if self.heat:
             meta += f"|heat|{self.box_threshold:.6f}"
         if self.doubt_threshold is not None:
@@ -117,6 +127,7 @@ class Checkpoint:
             "regions": list(self.regions),
             "region_thresholds": {k: float(v) for k, v in self.region_thresholds.items()},
             "flip_tta": self.flip_tta,
+            "turn_tta": self.turn_tta,
             "heat": self.heat,
             "box_threshold": self.box_threshold,
             "doubt_threshold": self.doubt_threshold,
@@ -173,6 +184,7 @@ def load(path: Path) -> Checkpoint:
             str(k): float(v) for k, v in dict(data.get("region_thresholds", {})).items()
         },
         flip_tta=bool(data.get("flip_tta", False)),
+        turn_tta=bool(data.get("turn_tta", False)),
         heat=bool(data.get("heat", False)),
         box_threshold=float(data.get("box_threshold", 0.5)),
         doubt_threshold=(
@@ -185,3 +197,44 @@ def load(path: Path) -> Checkpoint:
     if not checkpoint.version:
         checkpoint.version = checkpoint.compute_version()
     return checkpoint
+
+
+def combine(members: list[Checkpoint]) -> Checkpoint:
+    """One ensemble checkpoint from trained members of one layout (same architecture,
+    preprocessing, regions and heads); its calibration is to be refitted (`recalibrate`)."""
+    if len(members) < 2:
+        raise CheckpointError("an ensemble needs at least two checkpoints")
+    first = members[0]
+    for other in members[1:]:
+        same = (other.arch, other.preset, other.regions, other.heat, other.arch_kwargs)
+        if same != (first.arch, first.preset, first.regions, first.heat, first.arch_kwargs):
+            raise CheckpointError(
+                "ensemble members must share architecture, preprocessing, regions and heads"
+            )
+    state = {
+        f"members.{index}.{name}": value
+        for index, member in enumerate(members)
+        for name, value in member.state_dict.items()
+    }
+    combined = Checkpoint(
+        arch=first.arch,
+        state_dict=state,
+        preset=first.preset,
+        class_names=first.class_names,
+        threshold=first.threshold,
+        temperature=first.temperature,
+        arch_kwargs={**first.arch_kwargs, "members": len(members)},
+        extra={
+            "members": [m.version for m in members],
+            "member_recipes": [m.extra.get("recipe") for m in members],
+            "history": [m.extra.get("history") for m in members],
+        },
+        regions=first.regions,
+        heat=first.heat,
+        box_threshold=first.box_threshold,
+        doubt_threshold=first.doubt_threshold,
+        flip_tta=first.flip_tta,
+        turn_tta=first.turn_tta,
+    )
+    combined.version = combined.compute_version()
+    return combined

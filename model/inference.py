@@ -211,30 +211,46 @@ class Classifier:
     def _outputs(self, batch: torch.Tensor) -> torch.Tensor:
         if self.onnx:
             return self._onnx_outputs(batch)[0]
-        out = self.net(batch)
-        if self.checkpoint.flip_tta:
-            out = self._mirror_mean(out, self.net(batch.flip(-1)))
-        return out
+        views = self._views()
+        if len(views) == 1:
+            return self.net(batch)
+        return self._view_mean([self.net(_view(batch, *v)) for v in views], views)
 
-    def _mirror_mean(self, plain: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
-        """Mean of the outputs for an image and its mirror image; the mirror's heat map is
-        flipped back first, so both maps point at the same place."""
+    def _views(self) -> list[tuple[int, bool]]:
+        """The (quarter turns, mirrored) views each image is scored in; the image itself
+        first, so Grad-CAM reads its activations."""
+        turns = (0, 1, 2, 3) if self.checkpoint.turn_tta else (0,)
+        flips = (False, True) if self.checkpoint.flip_tta else (False,)
+        return [(k, f) for k in turns for f in flips]
+
+    def _view_mean(
+        self, outputs: list[torch.Tensor], views: list[tuple[int, bool]]
+    ) -> torch.Tensor:
+        """Mean of the outputs over the views; each view's heat map is turned and flipped back
+        first, so all maps point at the same place."""
         grid = self.checkpoint.heat_grid
-        if grid:
-            columns = plain.shape[1] - grid * grid
-            heat = mirrored[:, columns:].reshape(-1, grid, grid).flip(-1).reshape(-1, grid * grid)
-            mirrored = torch.cat([mirrored[:, :columns], heat], dim=1)
-        return (plain + mirrored) / 2.0
+        aligned = []
+        for out, (turns, mirrored) in zip(outputs, views, strict=True):
+            if grid:
+                columns = out.shape[1] - grid * grid
+                heat = out[:, columns:].reshape(-1, grid, grid)
+                heat = torch.rot90(heat, -turns, dims=(-2, -1))
+                if mirrored:
+                    heat = heat.flip(-1)
+                out = torch.cat([out[:, :columns], heat.reshape(-1, grid * grid)], dim=1)
+            aligned.append(out)
+        return torch.stack(aligned).mean(dim=0)
 
     def _onnx_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ONNX Runtime outputs (averaged with the mirror image's under flip TTA, both in one
         call) and the last convolution's activations for the images themselves."""
         assert self.onnx is not None
         n = batch.shape[0]
-        if not self.checkpoint.flip_tta:
+        views = self._views()
+        if len(views) == 1:
             return self.onnx.run(batch)
-        outputs, activations = self.onnx.run(torch.cat([batch, batch.flip(-1)]))
-        return self._mirror_mean(outputs[:n], outputs[n:]), activations[:n]
+        outputs, activations = self.onnx.run(torch.cat([_view(batch, *v) for v in views]))
+        return self._view_mean(list(torch.split(outputs, n)), views), activations[:n]
 
     def _chunks(self, batch: torch.Tensor) -> list[torch.Tensor]:
         size = self.micro_batch or batch.shape[0]
@@ -416,6 +432,12 @@ class Classifier:
             return []
         _, maps = self.predict_prepared(prepared, "all")
         return [explain.overlay(p.decoded.pixels, maps[i]) for i, p in enumerate(prepared)]
+
+
+def _view(batch: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """The batch mirrored (left-right), then turned by `turns` quarter turns."""
+    out = batch.flip(-1) if mirrored else batch
+    return torch.rot90(out, turns, dims=(-2, -1)) if turns else out
 
 
 def _warm_up_jpeg(size: int) -> bytes:

@@ -89,7 +89,7 @@ class OnnxNetwork:
         import onnxruntime as ort
 
         tail = architectures.tail(net)
-        heat = isinstance(net, architectures.HeatNet)
+        heat = architectures.has_heat(net)
         if tail is None and not heat:
             raise UnsupportedNetwork(f"no known split after the last convolution of {type(net)}")
         # A heat-head network explains itself with its own map: no Grad-CAM, so no tail.

@@ -45,6 +45,10 @@ def _fold_padding(conv: nn.Module) -> bool:
 def for_inference(net: nn.Module) -> nn.Module:
     """Fold batch norms and symmetric padding in an eval-mode EfficientNet (in place); other
     architectures are returned unchanged."""
+    if isinstance(net, architectures.Ensemble):
+        for member in net.members:
+            for_inference(member)
+        return net
     body = architectures.backbone(net)
     if not hasattr(body, "_blocks") or net.training:
         return net

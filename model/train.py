@@ -820,6 +820,7 @@ def recalibrate(
     threads: int = 2,
     doubt_sensitivity: float | None = 0.95,
     confidence: float | None = 0.8,
+    turn_tta: bool | None = None,
 ) -> ckpt.Checkpoint:
     """Fit temperature and threshold(s) of a trained checkpoint again, on a labelled folder.
 
@@ -832,6 +833,8 @@ def recalibrate(
     checkpoint = ckpt.load(model)
     if flip_tta is not None:
         checkpoint.flip_tta = flip_tta
+    if turn_tta is not None:
+        checkpoint.turn_tta = turn_tta
     images = load_images(
         scan(data),
         size=checkpoint.preset.size,
@@ -872,6 +875,7 @@ def recalibrate(
         "fractured": images.n_positive,
         "target_sensitivity": target_sensitivity,
         "flip_tta": checkpoint.flip_tta,
+        "turn_tta": checkpoint.turn_tta,
     }
     ckpt.save(checkpoint, out)
     log.info(

@@ -239,3 +239,42 @@ def test_stored_map_of_a_letterboxed_image_covers_the_image_only() -> None:
     (_,), maps = classifier.predict_prepared([classifier.prepare(_jpeg(300, 120))], "all")
     height, width = maps[0].shape
     assert width / height == pytest.approx(300 / 120, rel=0.1)
+
+
+def test_turn_tta_answers_do_not_depend_on_quarter_turns() -> None:
+    """With quarter-turn and flip TTA the probability of an image turned by 90° is the same,
+    and its heat map is the turned map."""
+    checkpoint = dataclasses.replace(_heat_checkpoint(flip_tta=True), turn_tta=True)
+    assert checkpoint.passes == 8
+    classifier = Classifier(checkpoint, device="cpu", runtime="torch")
+    batch = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    plain = classifier.all_logits(batch)
+    turned = classifier.all_logits(torch.rot90(batch, 1, dims=(-2, -1)))
+    assert torch.allclose(plain[:, :3], turned[:, :3], atol=1e-5)
+    assert np.allclose(
+        np.rot90(classifier.heat(plain)[0], 1), classifier.heat(turned)[0], atol=1e-5
+    )
+    onnx = Classifier(checkpoint, device="cpu", runtime="onnx")
+    assert onnx.runtime == "onnx"
+    assert torch.allclose(onnx.all_logits(batch), plain, atol=1e-4)
+
+
+def test_ensemble_scores_the_mean_of_its_members(tmp_path: Path) -> None:
+    first = _heat_checkpoint()
+    torch.manual_seed(1)
+    net = architectures.build("efficientnet_lite0", regions=2, heat=True).eval()
+    second = dataclasses.replace(
+        first, state_dict={k: v.clone() for k, v in net.state_dict().items()}
+    )
+    second.version = second.compute_version()
+    combined = ckpt.load(ckpt.save(ckpt.combine([first, second]), tmp_path / "ensemble.pt"))
+    assert combined.extra["members"] == [first.version, second.version]
+    batch = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    each = [Classifier(c, device="cpu", runtime="torch").all_logits(batch) for c in (first, second)]
+    both = Classifier(combined, device="cpu", runtime="torch")
+    assert torch.allclose(both.all_logits(batch), (each[0] + each[1]) / 2, atol=1e-5)
+    onnx = Classifier(combined, device="cpu", runtime="onnx")
+    assert onnx.runtime == "onnx"
+    assert torch.allclose(onnx.all_logits(batch), both.all_logits(batch), atol=1e-4)
+    with pytest.raises(ckpt.CheckpointError, match="share"):
+        ckpt.combine([first, dataclasses.replace(second, regions=("hand",))])

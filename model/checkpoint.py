@@ -94,7 +94,13 @@ class Checkpoint:
     def compute_version(self) -> str:
         """A content hash over weights and every inference parameter."""
         digest = hashlib.sha256()
-        meta = f"{self.arch}|{self.arch_kwargs}|{self.preset}|{self.class_names}|"
+        # A squashing preset hashes as it did before letterboxing existed (same versions).
+        preset = (
+            self.preset
+            if self.preset.letterbox
+            else str(self.preset).replace(", letterbox=False", "")
+        )
+        meta = f"{self.arch}|{self.arch_kwargs}|{preset}|{self.class_names}|"
         meta += f"{self.threshold:.6f}|{self.temperature:.6f}"
         if self.regions:  # single-head versions stay what they were before region heads
             meta += f"|{self.regions}|{sorted(self.region_thresholds.items())}"

@@ -262,6 +262,14 @@ def calibrate_command(
             help="also score the image turned by 90/180/270° (×4 compute) [keep the file's mode]",
         ),
     ] = None,
+    heat_in_score: Annotated[
+        float | None,
+        typer.Option(
+            "--heat-in-score",
+            min=0.0,
+            help="add this × the heat map's hottest cell logit to the fracture logit [keep]",
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads")] = 2,
     doubt_sensitivity: DoubtSensitivityOpt = 0.95,
     threshold_confidence: ThresholdConfidenceOpt = 0.8,
@@ -284,6 +292,7 @@ def calibrate_command(
             min_region_fractures=min_region_fractures,
             flip_tta=flip_tta,
             turn_tta=turn_tta,
+            heat_in_score=heat_in_score,
             threads=threads,
             doubt_sensitivity=doubt_sensitivity,
             confidence=threshold_confidence,

@@ -1,8 +1,10 @@
 """Fracture boxes read off the heat map, and mapped back to the original image's pixels.
 
 The heat head gives a (G, G) map of fracture probability over the network input. Boxes are
-found greedily: the hottest point, the connected area around it that stays above half its
-value, its bounding box; that area is then cleared and the next peak taken, down to `floor`.
+found greedily: the hottest point, the connected area around it that stays above `LEVEL` of
+its value, its bounding box; the cells under it are then cleared and the next peak taken, down
+to `floor`. On FracAtlas val, LEVEL 0.8 doubled box recall at one false box per image against
+0.5 (0.43 against 0.22) and raised pointing accuracy from 0.41 to 0.47 (docs/MODEL_CARD.md).
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ from model.preprocess import Preset
 
 UPSAMPLE = 4  # boxes are found on the map upsampled to a quarter of the input resolution
 MAX_BOXES = 5
+LEVEL = 0.8  # a box covers the connected area above this share of its peak (chosen on val)
 Box = tuple[float, float, float, float, float]  # x, y, width, height, score
 
 
 def from_heat(
-    heat: np.ndarray, size: int, *, floor: float = 0.05, max_boxes: int = MAX_BOXES
+    heat: np.ndarray,
+    size: int,
+    *,
+    floor: float = 0.05,
+    max_boxes: int = MAX_BOXES,
+    level: float = LEVEL,
 ) -> list[Box]:
     """(G, G) probabilities over a size×size input → boxes in input pixels, best first."""
     from scipy import ndimage
@@ -38,7 +46,7 @@ def from_heat(
         if peak <= 0.0:
             break
         y, x = np.unravel_index(int(fine.argmax()), fine.shape)
-        labelled, _ = ndimage.label(fine >= peak / 2.0)
+        labelled, _ = ndimage.label(fine >= peak * level)
         area = labelled == labelled[y, x]
         # The score is the map's own value (a probability), not the interpolated one; the
         # cells under the box are then cleared so that their shoulders make no second box.

@@ -821,6 +821,7 @@ def recalibrate(
     doubt_sensitivity: float | None = 0.95,
     confidence: float | None = 0.8,
     turn_tta: bool | None = None,
+    heat_in_score: float | None = None,
 ) -> ckpt.Checkpoint:
     """Fit temperature and threshold(s) of a trained checkpoint again, on a labelled folder.
 
@@ -835,6 +836,10 @@ def recalibrate(
         checkpoint.flip_tta = flip_tta
     if turn_tta is not None:
         checkpoint.turn_tta = turn_tta
+    if heat_in_score is not None:
+        if not checkpoint.heat:
+            raise ValueError("--heat-in-score needs a checkpoint with a heat head")
+        checkpoint.arch_kwargs = {**checkpoint.arch_kwargs, "score_heat_weight": heat_in_score}
     images = load_images(
         scan(data),
         size=checkpoint.preset.size,
@@ -876,6 +881,7 @@ def recalibrate(
         "target_sensitivity": target_sensitivity,
         "flip_tta": checkpoint.flip_tta,
         "turn_tta": checkpoint.turn_tta,
+        "heat_in_score": checkpoint.arch_kwargs.get("score_heat_weight", 0.0),
     }
     ckpt.save(checkpoint, out)
     log.info(

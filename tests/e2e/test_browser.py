@@ -180,7 +180,7 @@ def test_upload_browse_review_in_a_real_browser(product: tuple[str, Path], tmp_p
             page.get_by_label("Reader", exact=True).fill("Dr Browser")
             page.get_by_role("button", name="Correct to:").click()
             expect(page.get_by_text("Review saved")).to_be_visible()
-            settled(page, images=2)
+            settled(page, images=1)  # the boxed v2 prediction has no stored heat map
             page.screenshot(path=ARTIFACTS / "dashboard-browse.png")
 
             page.get_by_role("link", name="Overview").click()

@@ -106,6 +106,9 @@ def train_command(
     letterbox: Annotated[
         bool, typer.Option(help="keep the aspect ratio (pad) instead of squashing")
     ] = True,
+    heat_stride: Annotated[
+        int, typer.Option("--heat-stride", help="input pixels per heat-map cell: 16 or 8")
+    ] = 16,
     rot90: Annotated[
         float, typer.Option("--rot90", help="probability of a random 90/180/270° turn")
     ] = 0.5,
@@ -149,6 +152,7 @@ def train_command(
             resume=resume,
             threads=threads,
             heat_weight=heat_weight,
+            heat_stride=heat_stride,
             letterbox=letterbox,
             rot90=rot90,
             jpeg=jpeg,

@@ -133,10 +133,14 @@ class HeatNet(nn.Module):
         fine_block: int,
         fine_channels: int,
         score_heat_weight: float = 0.0,
+        mid_block: int = -1,
+        mid_channels: int = 0,
     ) -> None:
         super().__init__()
         self.body = body
         self.fine_block = fine_block
+        # A stride-8 map also reads the stride-16 features (block `mid_block`), upsampled.
+        self.mid_block = mid_block
         # The fracture logit may add this times the map's hottest cell logit: the outline-trained
         # map sees small fractures that the pooled features average away (+0.01 val AUROC).
         self.score_heat_weight = float(score_heat_weight)
@@ -148,7 +152,7 @@ class HeatNet(nn.Module):
             nn.Conv2d(features, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)
         )
         self.heat_head = nn.Sequential(
-            nn.Conv2d(fine_channels + 64, 64, 3, padding=1, bias=False),
+            nn.Conv2d(fine_channels + mid_channels + 64, 64, 3, padding=1, bias=False),
             nn.BatchNorm2d(64),
             nn.ReLU(inplace=True),
             nn.Conv2d(64, 1, 1),
@@ -160,18 +164,23 @@ class HeatNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         body = _efficientnet(self.body)
         x = body._swish(body._bn0(body._conv_stem(x)))
-        fine = x
+        fine = mid = x
         rate = body._global_params.drop_connect_rate
         for index, block in enumerate(body._blocks):
             x = block(x, drop_connect_rate=rate * index / len(body._blocks) if rate else None)
             if index == self.fine_block:
                 fine = x
+            if index == self.mid_block:
+                mid = x
         x = body._swish(body._bn1(body._conv_head(x)))
         pooled = body._dropout(body._avg_pooling(x).flatten(1))
         context = nn.functional.interpolate(
             self.heat_context(x), size=fine.shape[-2:], mode="nearest"
         )
-        heat = self.heat_head(torch.cat([fine, context], dim=1)).flatten(1)
+        parts = [fine, context]
+        if self.mid_block >= 0:
+            parts.insert(1, nn.functional.interpolate(mid, size=fine.shape[-2:], mode="nearest"))
+        heat = self.heat_head(torch.cat(parts, dim=1)).flatten(1)
         fracture = self.fracture(pooled)
         if self.score_heat_weight:
             fracture = fracture + self.score_heat_weight * heat.amax(dim=1, keepdim=True)
@@ -181,23 +190,32 @@ class HeatNet(nn.Module):
         return torch.cat([*heads, heat], dim=1)
 
 
-def with_heat_head(net: nn.Module, regions: int, score_heat_weight: float = 0.0) -> HeatNet:
-    """An EfficientNet built for one logit, given the fracture, region and heat heads."""
+def with_heat_head(
+    net: nn.Module, regions: int, score_heat_weight: float = 0.0, heat_stride: int = 16
+) -> HeatNet:
+    """An EfficientNet built for one logit, given the fracture, region and heat heads; the map
+    has one cell per `heat_stride` (16 or 8) input pixels."""
+    if heat_stride not in (8, 16):
+        raise ValueError(f"heat stride must be 8 or 16, not {heat_stride}")
     body = net
     if not hasattr(body, "_blocks"):
         raise ValueError(f"a heat head needs an EfficientNet backbone, not {type(net).__name__}")
-    # The last block at stride 16: the deepest features still fine enough to localise.
+    # The last block at each stride: the deepest features still that fine.
     probe = _efficientnet(body)
-    fine_block, fine_channels, stride = -1, 0, 2
+    last: dict[int, tuple[int, int]] = {}
+    stride = 2
     for index, block in enumerate(probe._blocks):
         block_stride = block._block_args.stride
         step = block_stride[0] if isinstance(block_stride, list | tuple) else block_stride
         stride *= int(step)
-        if stride == 16:
-            fine_block, fine_channels = index, int(block._block_args.output_filters)
-    if fine_block < 0:
-        raise ValueError("no stride-16 block found for the heat head")
-    return HeatNet(body, regions, fine_block, fine_channels, score_heat_weight)
+        last[stride] = (index, int(block._block_args.output_filters))
+    if 16 not in last or heat_stride not in last:
+        raise ValueError(f"no stride-{heat_stride} block found for the heat head")
+    fine_block, fine_channels = last[heat_stride]
+    mid_block, mid_channels = last[16] if heat_stride == 8 else (-1, 0)
+    return HeatNet(
+        body, regions, fine_block, fine_channels, score_heat_weight, mid_block, mid_channels
+    )
 
 
 def heat_grid(net: nn.Module) -> int:
@@ -288,9 +306,10 @@ def build(
             ]
         )
     score_heat_weight = float(kwargs.pop("score_heat_weight", 0.0))  # type: ignore[arg-type]
+    heat_stride = int(kwargs.pop("heat_stride", 16))  # type: ignore[call-overload]
     net = _build_single(arch, pretrained=pretrained, **kwargs)
     if heat:
-        return with_heat_head(net, regions, score_heat_weight)
+        return with_heat_head(net, regions, score_heat_weight, heat_stride)
     return with_region_head(net, regions) if regions > 0 else net
 
 

@@ -63,7 +63,7 @@ class Checkpoint:
     @property
     def heat_grid(self) -> int:
         """Side of the square heat map in the outputs (0 without one)."""
-        return self.preset.size // 16 if self.heat else 0
+        return self.preset.size // int(self.arch_kwargs.get("heat_stride", 16)) if self.heat else 0
 
     def verdict(self, probability: float, threshold: float) -> str:
         """The three answers readers know: fracture, doubt (between the two operating points)

@@ -85,6 +85,7 @@ class TrainConfig:
     region_weight: float = 0.5  # weight of the body-region loss; 0 trains a single-head model
     heat_weight: float = 1.0  # weight of the outline heat-map loss; 0: no heat head
     heat_pos_weight: float = 5.0  # cells inside a fracture box count this much more
+    heat_stride: int = 16  # input pixels per heat-map cell: 16 or 8
     letterbox: bool = True  # keep the aspect ratio (pad) instead of squashing
     rot90: float = 0.5  # probability of a random quarter turn (90/180/270°): orientation
     jpeg: float = 0.25  # probability of re-encoding a training image as JPEG, quality 25-90
@@ -112,6 +113,7 @@ class TrainConfig:
             (self.region_weight >= 0.0, "region loss weight must not be negative"),
             (self.min_region_fractures >= 1, "min region fractures must be at least 1"),
             (self.heat_weight >= 0.0, "heat loss weight must not be negative"),
+            (self.heat_stride in (8, 16), "heat stride must be 8 or 16"),
             (0.0 <= self.rot90 <= 1.0, "rot90 probability must be in [0, 1]"),
             (0.0 <= self.jpeg <= 1.0, "jpeg probability must be in [0, 1]"),
             (0.0 <= self.downscale <= 1.0, "downscale probability must be in [0, 1]"),
@@ -526,6 +528,8 @@ def make_checkpoint(
     head = "fracture" if isinstance(net, architectures.HeatNet) else head_linear_name(net)
     state[head + ".bias"] += calibration.logit_offset
     arch_kwargs: dict[str, Any] = {"size": config.size} if config.arch == "seed_cnn" else {}
+    if heat and config.heat_stride != 16:
+        arch_kwargs["heat_stride"] = config.heat_stride
     checkpoint = ckpt.Checkpoint(
         arch=config.arch,
         state_dict=state,
@@ -555,6 +559,8 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
 
 def _build_network(config: TrainConfig, regions: int, heat: bool = False) -> nn.Module:
     kwargs: dict[str, Any] = {"regions": regions, "heat": heat}
+    if heat and config.heat_stride != 16:
+        kwargs["heat_stride"] = config.heat_stride
     if config.arch == "seed_cnn":
         kwargs["size"] = config.size
     if config.weights is not None:
@@ -602,7 +608,7 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
     regions, train_regions, val_regions = _region_targets(config, train_set, val_set)
     val_groups = _groups(config, val_set)
     heat = outlines is not None
-    grid = config.size // 16
+    grid = config.size // config.heat_stride
 
     net = _build_network(config, len(regions), heat).to(memory_format=torch.channels_last)
     frozen = frozen_modules(

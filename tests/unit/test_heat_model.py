@@ -278,3 +278,25 @@ def test_ensemble_scores_the_mean_of_its_members(tmp_path: Path) -> None:
     assert torch.allclose(onnx.all_logits(batch), both.all_logits(batch), atol=1e-4)
     with pytest.raises(ckpt.CheckpointError, match="share"):
         ckpt.combine([first, dataclasses.replace(second, regions=("hand",))])
+
+
+def test_a_stride_8_heat_map_has_twice_the_cells_and_survives_a_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = architectures.build("efficientnet_lite0", regions=0, heat=True, heat_stride=8).eval()
+    checkpoint = ckpt.Checkpoint.from_network(
+        "efficientnet_lite0",
+        net,
+        preset=Preset(size=SIZE, letterbox=True),
+        arch_kwargs={"heat_stride": 8},
+        heat=True,
+        threshold=0.0,
+    )
+    loaded = ckpt.load(ckpt.save(checkpoint, tmp_path / "fine.pt"))
+    assert loaded.heat_grid == SIZE // 8
+    classifier = Classifier(loaded, device="cpu", runtime="onnx")
+    outputs = classifier.all_logits(torch.zeros(1, 3, SIZE, SIZE))
+    assert outputs.shape == (1, 1 + (SIZE // 8) ** 2)
+    (result,), _ = classifier.predict_prepared([classifier.prepare(_jpeg(90, 60))], "none")
+    assert result.verdict == "fracture" and result.boxes
+    with pytest.raises(ValueError, match="8 or 16"):
+        architectures.build("efficientnet_lite0", heat=True, heat_stride=4)

@@ -22,6 +22,12 @@ LEVEL = 0.8  # a box covers the connected area above this share of its peak (cho
 Box = tuple[float, float, float, float, float]  # x, y, width, height, score
 
 
+def _resized(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A float map resampled bilinearly to (width, height) = `size`."""
+    image = Image.fromarray(values.astype(np.float32), mode="F")
+    return np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+
+
 def from_heat(
     heat: np.ndarray,
     size: int,
@@ -38,10 +44,7 @@ def from_heat(
     remaining = heat.astype(np.float32).copy()
     boxes: list[Box] = []
     while len(boxes) < max_boxes:
-        fine = np.asarray(
-            Image.fromarray(remaining, mode="F").resize((side, side), Image.Resampling.BILINEAR),
-            dtype=np.float32,
-        )
+        fine = _resized(remaining, (side, side))
         peak = float(fine.max())
         if peak <= 0.0:
             break
@@ -101,16 +104,9 @@ def trim_map(heat: np.ndarray, preset: Preset, pixels_shape: tuple[int, int]) ->
     height, width = pixels_shape
     scale_x, scale_y, left, top = preset.geometry(height, width)
     inner_w, inner_h = max(1, round(width * scale_x)), max(1, round(height * scale_y))
-    full = np.asarray(
-        Image.fromarray(heat.astype(np.float32), mode="F").resize(
-            (preset.size, preset.size), Image.Resampling.BILINEAR
-        ),
-        dtype=np.float32,
-    )
+    full = _resized(heat, (preset.size, preset.size))
     crop = full[int(top) : int(top) + inner_h, int(left) : int(left) + inner_w]
     long_side = UPSAMPLE * heat.shape[0]
     ratio = long_side / max(inner_w, inner_h)
     small = (max(1, round(inner_w * ratio)), max(1, round(inner_h * ratio)))
-    return np.asarray(
-        Image.fromarray(crop, mode="F").resize(small, Image.Resampling.BILINEAR), dtype=np.float32
-    ).clip(0.0, 1.0)
+    return _resized(crop, small).clip(0.0, 1.0)

@@ -197,6 +197,24 @@ def load_images(
     )
 
 
+def load_exact(
+    samples: Sequence[Sample],
+    preset: Preset,
+    *,
+    threads: int = 2,
+    transform: Callable[[bytes], bytes] | None = None,
+) -> ImageSet:
+    """The images exactly as a checkpoint with this preset is fed them (size and letterbox)."""
+    return load_images(
+        samples,
+        size=preset.size,
+        exact=True,
+        threads=threads,
+        letterbox=preset.letterbox,
+        transform=transform,
+    )
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """Per-image facts from FracAtlas-style labels.csv."""

@@ -25,7 +25,7 @@ from model import localisation, perturb
 from model.annotations import FILE_NAME as ANNOTATIONS_FILE
 from model.annotations import find as find_annotations
 from model.annotations import load as load_annotations
-from model.data import ImageSet, Sample, find_labels_csv, load_images, read_labels, scan
+from model.data import ImageSet, Sample, find_labels_csv, load_exact, read_labels, scan
 from model.preprocess import Preset
 
 if TYPE_CHECKING:
@@ -393,13 +393,8 @@ def perturbed_report(
     copy of the files (`model.perturb.VARIANTS`)."""
     out: dict[str, dict[str, Any]] = {}
     for variant in perturb.VARIANTS:
-        images = load_images(
-            samples,
-            size=checkpoint.preset.size,
-            exact=True,
-            threads=threads,
-            letterbox=checkpoint.preset.letterbox,
-            transform=perturb.transform(variant),
+        images = load_exact(
+            samples, checkpoint.preset, threads=threads, transform=perturb.transform(variant)
         )
         probabilities, predicted_regions = predict_outputs(
             checkpoint, images, classifier=classifier
@@ -603,13 +598,7 @@ def evaluate(
     checkpoint = ckpt.load(model_path)
     if flip_tta:  # the checkpoint's own inference mode, without refitting its calibration
         checkpoint = dataclasses.replace(checkpoint, flip_tta=True)
-    images = load_images(
-        samples,
-        size=checkpoint.preset.size,
-        exact=True,
-        threads=threads,
-        letterbox=checkpoint.preset.letterbox,
-    )
+    images = load_exact(samples, checkpoint.preset, threads=threads)
     classifier = cpu_classifier(checkpoint)
     perturbed_figures: dict[str, dict[str, Any]] = {}
     try:

@@ -357,9 +357,7 @@ class Classifier:
         batch = torch.stack([p.tensor for p in prepared])
         if not self.checkpoint.heat:
             return self.predict_explained(batch, explain)
-        outputs = self.all_logits(batch)
-        results = self.results(outputs)
-        maps = self.heat(outputs)
+        results, maps = self._heat_explained(batch, "all")
         size, floor = self.preset.size, self.checkpoint.box_threshold
         for row, (item, result) in enumerate(zip(prepared, results, strict=True)):
             if result.verdict == "no_fracture":
@@ -386,7 +384,8 @@ class Classifier:
         """Results from ONNX Runtime; Grad-CAM from its activations through the PyTorch tail."""
         from model import explain as cam
 
-        assert self.onnx is not None
+        assert self.onnx is not None and self.onnx.tail is not None  # heat networks: no tail
+        tail = self.onnx.tail
         outputs, activations = self._onnx_outputs(chunk)
         results = self.results(outputs)
         rows = self._positive_rows(results, explain)
@@ -394,7 +393,7 @@ class Classifier:
             return results, {}
         with torch.enable_grad():
             tracked = activations[rows].requires_grad_(True)  # indexing by a list copies
-            logits = self.onnx.tail(tracked)[:, 0]
+            logits = tail(tracked)[:, 0]
             grids = cam.cams(logits, tracked, list(range(len(rows))))
         return results, dict(zip(rows, grids, strict=True))
 

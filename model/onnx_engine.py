@@ -63,21 +63,6 @@ class _WithActivations(nn.Module):
         return outputs, captured[0]
 
 
-class _OutputsOnly(nn.Module):
-    """The network's outputs and an empty activation tensor, for a network without a tail."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net(x), torch.zeros(0)
-
-
-def _no_tail(activations: torch.Tensor) -> torch.Tensor:
-    raise UnsupportedNetwork("this network has no tail: it explains itself with its heat map")
-
-
 class OnnxNetwork:
     """`net` (eval mode, on the CPU) exported to an ONNX Runtime session.
 
@@ -92,16 +77,12 @@ class OnnxNetwork:
         heat = architectures.has_heat(net)
         if tail is None and not heat:
             raise UnsupportedNetwork(f"no known split after the last convolution of {type(net)}")
-        # A heat-head network explains itself with its own map: no Grad-CAM, so no tail.
-        self.tail: Callable[[torch.Tensor], torch.Tensor] = tail or _no_tail
-        self.has_tail = tail is not None
-        wrapped: nn.Module = (
-            _WithActivations(net, explain.last_conv_layer(net))
-            if self.has_tail
-            else _OutputsOnly(net)
-        ).eval()
-        exported = wrapped if self.has_tail else net
-        names = ["outputs", "activations"] if self.has_tail else ["outputs"]
+        # A heat-head network explains itself with its own map: no Grad-CAM, so no tail, and
+        # the export returns the outputs alone.
+        self.tail: Callable[[torch.Tensor], torch.Tensor] | None = tail
+        exported = _WithActivations(net, explain.last_conv_layer(net)) if tail else net
+        exported.eval()
+        names = ["outputs", "activations"] if tail else ["outputs"]
         example = torch.zeros(2, 3, size, size)
         buffer = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():
@@ -129,7 +110,7 @@ class OnnxNetwork:
         self.session = ort.InferenceSession(
             buffer.getvalue(), options, providers=["CPUExecutionProvider"]
         )
-        self._check(wrapped, size)
+        self._check(exported, size)
 
     def run(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(outputs, last-convolution activations); the activations are empty for a network
@@ -140,20 +121,21 @@ class OnnxNetwork:
             return torch.from_numpy(returned[0]), torch.zeros(0)
         return torch.from_numpy(returned[0]), torch.from_numpy(returned[1])
 
-    def _check(self, wrapped: nn.Module, size: int) -> None:
+    def _check(self, exported: nn.Module, size: int) -> None:
         probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            expected, expected_activations = wrapped(probe)
             outputs, activations = self.run(probe)
-            from_tail = self.tail(activations) if self.has_tail else expected
-        if not self.has_tail:
-            expected_activations = activations
-        for name, got, want in (
-            ("outputs", outputs, expected),
-            ("activations", activations, expected_activations),
-            ("tail outputs", from_tail, expected),
-        ):
-            difference = float((got - want).abs().max()) if got.numel() else 0.0
+            if self.tail is None:
+                checks = [("outputs", outputs, exported(probe))]
+            else:
+                expected, expected_activations = exported(probe)
+                checks = [
+                    ("outputs", outputs, expected),
+                    ("activations", activations, expected_activations),
+                    ("tail outputs", self.tail(activations), expected),
+                ]
+        for name, got, want in checks:
+            difference = float((got - want).abs().max())
             if got.shape != want.shape or not difference <= TOLERANCE:
                 raise UnsupportedNetwork(
                     f"ONNX Runtime {name} differ from PyTorch by {difference:.2g} "

@@ -33,7 +33,15 @@ from model import annotations as outline_files
 from model import architectures
 from model import checkpoint as ckpt
 from model.annotations import Outlines
-from model.data import ImageInfo, ImageSet, find_labels_csv, load_images, read_labels, scan
+from model.data import (
+    ImageInfo,
+    ImageSet,
+    find_labels_csv,
+    load_exact,
+    load_images,
+    read_labels,
+    scan,
+)
 from model.evaluate import (
     auroc,
     expected_calibration_error,
@@ -846,13 +854,7 @@ def recalibrate(
         if not checkpoint.heat:
             raise ValueError("--heat-in-score needs a checkpoint with a heat head")
         checkpoint.arch_kwargs = {**checkpoint.arch_kwargs, "score_heat_weight": heat_in_score}
-    images = load_images(
-        scan(data),
-        size=checkpoint.preset.size,
-        exact=True,
-        threads=threads,
-        letterbox=checkpoint.preset.letterbox,
-    )
+    images = load_exact(scan(data), checkpoint.preset, threads=threads)
     labels = images.labels.numpy().astype(int)
     # In the checkpoint's inference mode; the prior offset is already in the head bias.
     outputs = raw_outputs(checkpoint, images).numpy()

@@ -17,19 +17,25 @@ from worker.app import BULK_QUEUE, PREDICT_TASK, RESCORE_TASK, UPLOAD_QUEUE, UPL
 log = logging.getLogger(__name__)
 
 
+def _publish(app: Celery, task: str, messages: Sequence[list[object]]) -> None:
+    """One message per argument list, through one producer; raises when the broker is
+    unreachable."""
+    with app.producer_or_acquire() as producer:
+        for args in messages:
+            app.send_task(
+                task,
+                args=args,
+                producer=producer,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+            )
+
+
 def send(app: Celery, image_ids: Sequence[int], *, upload: bool = False) -> bool:
     """Publish one message per image id; False when the broker is unreachable."""
     task = UPLOAD_TASK if upload else PREDICT_TASK
     try:
-        with app.producer_or_acquire() as producer:
-            for image_id in image_ids:
-                app.send_task(
-                    task,
-                    args=[int(image_id)],
-                    producer=producer,
-                    retry=True,
-                    retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-                )
+        _publish(app, task, [[int(image_id)] for image_id in image_ids])
     except (OperationalError, ConnectionError, OSError) as exc:
         log.warning("broker unreachable, %d image(s) stay queued: %s", len(image_ids), exc)
         return False
@@ -44,15 +50,11 @@ def send_rescore(
     every worker host; `model_version` is the version it must have there. False when the
     broker is unreachable (some messages may have gone out: rescoring is idempotent)."""
     try:
-        with app.producer_or_acquire() as producer:
-            for image_id in image_ids:
-                app.send_task(
-                    RESCORE_TASK,
-                    args=[int(image_id), model_path, model_version],
-                    producer=producer,
-                    retry=True,
-                    retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-                )
+        _publish(
+            app,
+            RESCORE_TASK,
+            [[int(image_id), model_path, model_version] for image_id in image_ids],
+        )
     except (OperationalError, ConnectionError, OSError) as exc:
         log.warning("broker unreachable, rescore of %d image(s) not sent: %s", len(image_ids), exc)
         return False

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 from celery import Celery
 from celery_batches import Batches, SimpleRequest
@@ -83,14 +84,16 @@ def bind_tasks(
     task on `app`; `models(path, version)` gives the processor a rescore asks for (default:
     the configured model whatever the message names)."""
 
-    @app.task(
-        name=PREDICT_TASK,
-        base=Batches,
-        flush_every=settings.batch_size,
-        flush_interval=settings.batch_interval_ms / 1000,
-        acks_late=True,
-        reject_on_worker_lost=True,
-    )
+    # Bulk and rescore messages are collected into batches by the same two knobs.
+    batched: dict[str, Any] = {
+        "base": Batches,
+        "flush_every": settings.batch_size,
+        "flush_interval": settings.batch_interval_ms / 1000,
+        "acks_late": True,
+        "reject_on_worker_lost": True,
+    }
+
+    @app.task(name=PREDICT_TASK, **batched)
     def predict_batch(requests: list[SimpleRequest]) -> None:
         ids = [int(request.args[0]) for request in requests]
         run_limited(processor(), ids, settings.task_time_limit_s)
@@ -100,14 +103,7 @@ def bind_tasks(
         # An upload is a batch of one through the same code path.
         run_limited(processor(), [int(image_id)], settings.task_time_limit_s)
 
-    @app.task(
-        name=RESCORE_TASK,
-        base=Batches,
-        flush_every=settings.batch_size,
-        flush_interval=settings.batch_interval_ms / 1000,
-        acks_late=True,
-        reject_on_worker_lost=True,
-    )
+    @app.task(name=RESCORE_TASK, **batched)
     def rescore_batch(requests: list[SimpleRequest]) -> None:
         for (path, version), ids in rescore_groups(r.args for r in requests).items():
             try:

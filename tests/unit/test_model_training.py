@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from fracture.model_commands import register
 from model import checkpoint as ckpt
-from model.data import DataError, class_of_folder, load_images, scan
+from model.data import DataError, class_of_folder, load_exact, scan
 from model.evaluate import evaluate
 from model.inference import Classifier
 from model.train import TrainConfig, augment, train
@@ -116,12 +116,7 @@ def test_classifier_matches_evaluation_probabilities(
         direct = [r.probability for r in classifier.predict_sources(files)]  # type: ignore[union-attr]
     finally:
         classifier.close()
-    images = load_images(
-        [s for s in scan(root / "val") if s.path in files],
-        size=SIZE,
-        exact=True,
-        letterbox=model.preset.letterbox,
-    )
+    images = load_exact([s for s in scan(root / "val") if s.path in files], model.preset)
     from model.evaluate import predict_probabilities
 
     assert predict_probabilities(model, images) == pytest.approx(direct, abs=1e-6)

@@ -166,6 +166,7 @@ class Pipeline:
             FRACTURE_LOG_LEVEL="INFO",
         )
         env.update({f"FRACTURE_{k.upper()}": str(v) for k, v in settings.items()})
+        self.env = env
         self.database_url = f"sqlite:///{self.data / 'fracture.db'}"
         cli = [sys.executable, "-m", "fracture"]
         self.logs = (root / "worker.log").open("wb"), (root / "watcher.log").open("wb")

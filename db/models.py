@@ -51,6 +51,15 @@ class Verdict(enum.StrEnum):
 class ImageSource(enum.StrEnum):
     WATCH = "watch"
     UPLOAD = "upload"
+    DICOM = "dicom"  # received over the network (C-STORE)
+
+
+class ExportState(enum.StrEnum):
+    """Where a result's trip back to PACS stands."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
 
 
 class Image(Base):
@@ -82,6 +91,13 @@ class Image(Base):
     photometric: Mapped[str | None] = mapped_column(String(32))
     bits_stored: Mapped[int | None] = mapped_column(Integer)
     patient_hash: Mapped[str | None] = mapped_column(String(64))
+    # DICOM identity, for instances received over the network: groups them by study, keeps a
+    # re-sent instance from being scored twice, and puts the results back into the same study.
+    study_uid: Mapped[str | None] = mapped_column(String(64))
+    series_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    calling_ae: Mapped[str | None] = mapped_column(String(16), doc="AE title that sent it")
 
     predictions: Mapped[list[Prediction]] = relationship(
         back_populates="image", cascade="all, delete-orphan"
@@ -92,6 +108,8 @@ class Image(Base):
         Index("ix_images_received_at", "received_at"),
         Index("ix_images_source", "source"),
         Index("ix_images_filename_id", "filename", "id"),
+        Index("ix_images_study_uid", "study_uid"),
+        Index("ix_images_sop_instance_uid", "sop_instance_uid", unique=True),
     )
 
 
@@ -151,3 +169,31 @@ class Review(Base):
     prediction: Mapped[Prediction] = relationship(back_populates="reviews")
 
     __table_args__ = (Index("ix_reviews_prediction_id", "prediction_id"),)
+
+
+class DicomExport(Base):
+    """One prediction's results (a secondary capture and a structured report) on their way to
+    the configured DICOM destination: the send queue and its record in one row."""
+
+    __tablename__ = "dicom_exports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(
+        ForeignKey("predictions.id", ondelete="CASCADE"), unique=True
+    )
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(16), default=ExportState.PENDING)
+    destination: Mapped[str | None] = mapped_column(String(200), doc="AET@host:port last used")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, doc="why the last attempt failed")
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    __table_args__ = (
+        Index("ix_dicom_exports_state_next", "state", "next_attempt_at"),
+        Index("ix_dicom_exports_image_id", "image_id"),
+    )

@@ -37,6 +37,17 @@ def register_image(
 
 
 @dataclass(frozen=True)
+class DicomIdentity:
+    """Where a DICOM instance received over the network belongs (no patient data)."""
+
+    study_uid: str | None
+    series_uid: str | None
+    sop_instance_uid: str | None
+    sop_class_uid: str | None
+    calling_ae: str | None = None
+
+
+@dataclass(frozen=True)
 class NewImage:
     """A file to register; `rejection` registers it as failed with that reason."""
 
@@ -46,6 +57,7 @@ class NewImage:
     size: int
     fmt: str | None = None
     rejection: str | None = None
+    dicom: DicomIdentity | None = None
 
 
 def register_images(
@@ -75,6 +87,7 @@ def register_images(
                 "attempts": 0,
                 "received_at": now,
                 "updated_at": now,
+                **_dicom_columns(entry.dicom),
             }
             for entry in fresh
         ]
@@ -89,6 +102,23 @@ def register_images(
         results.append((known[entry.sha256], entry.sha256 in created))
         created.discard(entry.sha256)  # a repeat within `new` is a duplicate of the first
     return results
+
+
+def _dicom_columns(identity: DicomIdentity | None) -> dict[str, str | None]:
+    # Every row of one INSERT needs the same keys: a file from the folder gets NULLs.
+    return {
+        "study_uid": identity.study_uid if identity else None,
+        "series_uid": identity.series_uid if identity else None,
+        "sop_instance_uid": identity.sop_instance_uid if identity else None,
+        "sop_class_uid": identity.sop_class_uid if identity else None,
+        "calling_ae": identity.calling_ae if identity else None,
+    }
+
+
+def image_by_sop_instance(*, session: Session, sop_instance_uid: str) -> Image | None:
+    return session.scalars(
+        select(Image).where(Image.sop_instance_uid == sop_instance_uid)
+    ).one_or_none()
 
 
 def _ids_by_sha(session: Session, shas: Sequence[str]) -> dict[str, int]:

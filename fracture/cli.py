@@ -143,6 +143,88 @@ def watch(
     run_watcher(settings, _broker_url(settings))
 
 
+@app.command("dicom-listen")
+def dicom_listen(
+    port: Annotated[int | None, typer.Option(help="[FRACTURE_DICOM_PORT], default 11112")] = None,
+    ae_title: Annotated[
+        str | None, typer.Option("--ae-title", help="[FRACTURE_DICOM_AE_TITLE]")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="bind address [FRACTURE_DICOM_HOST]")] = None,
+    data_dir: DataOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Receive images over DICOM (C-STORE, C-ECHO) and queue them; send results back to
+    FRACTURE_DICOM_DESTINATION when set (needs FRACTURE_BROKER_URL)."""
+    settings = build_settings(
+        dicom_port=port,
+        dicom_ae_title=ae_title,
+        dicom_host=host,
+        data_dir=data_dir,
+        database_url=database_url,
+    )
+    setup_logging(settings.log_level)
+    from pacs.main import run_listener
+
+    try:
+        run_listener(settings, _broker_url(settings))
+    except OSError as exc:
+        raise UserError(f"cannot listen on {settings.dicom_host}:{port or '11112'}: {exc}") from exc
+
+
+@app.command("dicom-send")
+def dicom_send(
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="give failed results fresh attempts first")
+    ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="keep sending new results until Ctrl-C")
+    ] = False,
+    data_dir: DataOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Send stored results of DICOM images to FRACTURE_DICOM_DESTINATION (secondary capture
+    and structured report); prints what was sent, retried and failed."""
+    settings = build_settings(data_dir=data_dir, database_url=database_url)
+    setup_logging(settings.log_level if follow else "WARNING")
+    if settings.destination is None:
+        raise UserError("FRACTURE_DICOM_DESTINATION is not set (AET@host:port)")
+    from db import exports
+    from db.migrate import upgrade
+    from db.models import utcnow
+    from db.session import transaction
+    from pacs.main import build_sender
+
+    upgrade(settings.resolved_database_url)
+    sender = build_sender(settings)
+    assert sender is not None
+    if retry_failed:
+        with transaction(sender.factory) as session:
+            again = exports.retry_failed(session=session, now=utcnow())
+        typer.echo(f"{again} failed result(s) given fresh attempts")
+    if follow:
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: sender.stop())
+        sender.start()
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sender.stop()
+        return
+    outcome = sender.run_pass()
+    with sender.factory() as session:
+        states = exports.counts(session=session)
+    typer.echo(
+        f"to {settings.destination}: {len(outcome.sent)} sent, {len(outcome.retrying)} to retry, "
+        f"{len(outcome.failed)} failed now; stored: "
+        + ", ".join(f"{count} {state}" for state, count in states.items())
+    )
+    for export_id, error in {**outcome.retrying, **outcome.failed}.items():
+        typer.echo(f"  result {export_id}: {error}", err=True)
+
+
 @app.command("dashboard")
 def dashboard_cmd(
     data_dir: DataOpt = None,
@@ -321,6 +403,12 @@ def bench(
     ] = None,
     trickle: Annotated[int, typer.Option(help="files for the 1 file/s latency run (0: skip)")] = 20,
     sweep: Annotated[bool, typer.Option(help="also sweep batch size and flush interval")] = False,
+    dicom: Annotated[
+        bool,
+        typer.Option(
+            "--dicom", help="instead: N instances over DICOM (storescu → listener → scored)"
+        ),
+    ] = False,
     plot: Annotated[Path, typer.Option(help="where the sweep plot goes")] = Path(
         "docs/performance_sweep.png"
     ),
@@ -334,6 +422,20 @@ def bench(
     setup_logging("WARNING")
     if images is not None and not images.is_dir():
         raise UserError(f"--images must be a folder of radiographs: {images}")
+    if dicom:
+        from bench import dicom as dicom_bench
+
+        try:
+            found = dicom_bench.run(
+                n=n,
+                model=settings.resolved_model_path,
+                device=settings.device,
+                batch_size=settings.batch_size,
+            )
+        except RuntimeError as exc:
+            raise UserError(str(exc)) from exc
+        typer.echo(json.dumps(found) if as_json else dicom_bench.table(found))
+        return
     try:
         result = benchmark.run(
             images=images,

@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM peer: its AE title, host and port."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def check_ae_title(value: str, setting: str) -> str:
+    """An AE title as DICOM allows it: 1-16 printable ASCII characters, no backslash."""
+    if not 1 <= len(value.strip()) <= 16 or not value.isascii() or not value.isprintable():
+        raise ValueError(f"{setting}: an AE title is 1-16 printable ASCII characters: {value!r}")
+    if "\\" in value:
+        raise ValueError(f"{setting}: an AE title may not contain a backslash: {value!r}")
+    return value.strip()
+
+
+def parse_destination(text: str) -> Destination:
+    """`AET@host:port` → Destination; ValueError naming the expected form otherwise."""
+    title, at, address = text.strip().partition("@")
+    host, colon, port = address.rpartition(":")
+    if not (at and colon and title and host and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(
+            f"FRACTURE_DICOM_DESTINATION must look like AET@host:port (e.g. PACS@10.0.0.5:104), "
+            f"got {text!r}"
+        )
+    return Destination(check_ae_title(title, "FRACTURE_DICOM_DESTINATION"), host, int(port))
+
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "model" / "weights" / "fracture.pt"
 
@@ -48,6 +83,25 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(600, description="broker redelivery of unacked messages")
     task_time_limit_s: int = Field(60, description="a batch running longer is aborted")
 
+    dicom_port: int | None = Field(
+        None, description="DICOM listener port (C-STORE SCP); unset: no listener in `up`"
+    )
+    dicom_host: str = Field("127.0.0.1", description="address the DICOM listener binds")
+    dicom_ae_title: str = Field("FRACTURE", description="the listener's own AE title")
+    dicom_calling_aes: str = Field(
+        "", description="comma-separated AE titles allowed to send; empty: anyone (warned)"
+    )
+    dicom_destination: str | None = Field(
+        None, description="where results go: AET@host:port (C-STORE); unset: not sent"
+    )
+    dicom_send_attempts: int = Field(10, description="sends tried before a result is failed")
+    dicom_send_backoff_s: float = Field(
+        5.0, description="wait after the first failed send; doubles each time, at most 10 min"
+    )
+    dicom_export_folder_files: bool = Field(
+        False, description="also send results for DICOM files dropped in the folder"
+    )
+
     patient_salt: SecretStr | None = Field(
         None, description="secret salt: DICOM patient IDs are kept only as a salted hash"
     )
@@ -67,6 +121,33 @@ class Settings(BaseSettings):
     def _interval_positive(cls, value: int) -> int:
         if not 1 <= value <= 60_000:
             raise ValueError("FRACTURE_BATCH_INTERVAL_MS must be between 1 and 60000")
+        return value
+
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _ae_title_valid(cls, value: str) -> str:
+        return check_ae_title(value, "FRACTURE_DICOM_AE_TITLE")
+
+    @field_validator("dicom_calling_aes")
+    @classmethod
+    def _calling_aes_valid(cls, value: str) -> str:
+        for title in value.split(","):
+            if title.strip():
+                check_ae_title(title.strip(), "FRACTURE_DICOM_CALLING_AES")
+        return value
+
+    @field_validator("dicom_destination")
+    @classmethod
+    def _destination_valid(cls, value: str | None) -> str | None:
+        if value:
+            parse_destination(value)
+        return value or None
+
+    @field_validator("dicom_port")
+    @classmethod
+    def _port_valid(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 65535:
+            raise ValueError("FRACTURE_DICOM_PORT must be between 1 and 65535")
         return value
 
     @model_validator(mode="after")
@@ -104,6 +185,19 @@ class Settings(BaseSettings):
     @property
     def prefetch(self) -> int:
         return self.worker_prefetch if self.worker_prefetch is not None else 2 * self.batch_size
+
+    @property
+    def calling_ae_titles(self) -> list[str]:
+        return [t.strip() for t in self.dicom_calling_aes.split(",") if t.strip()]
+
+    @property
+    def destination(self) -> Destination | None:
+        return parse_destination(self.dicom_destination) if self.dicom_destination else None
+
+    @property
+    def dicom_dir(self) -> Path:
+        """Instances received over the network, as sent (they hold patient data: private)."""
+        return self.data_dir / "dicom"
 
     @property
     def uploads_dir(self) -> Path:

@@ -1,4 +1,5 @@
-"""`fracture up`: one broker (if none configured) and worker, watcher, dashboard child processes."""
+"""`fracture up`: one broker (if none configured) and worker, watcher, dashboard (and DICOM
+listener, when FRACTURE_DICOM_PORT is set) child processes."""
 
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
     env = child_environment(settings, broker_url)
     cli = [sys.executable, "-m", "fracture"]
     commands = {"worker": [*cli, "worker"], "watcher": [*cli, "watch"]}
+    if settings.dicom_port is not None:
+        commands["dicom"] = [*cli, "dicom-listen"]
     if with_dashboard and DASHBOARD_APP.is_file():
         commands["dashboard"] = dashboard_command(settings)
 
@@ -87,6 +90,13 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
             )
             log.info("started %s (pid %d)", name, children[name].pid)
         log.info("inbox: %s", settings.inbox.resolve())
+        if "dicom" in children:
+            log.info(
+                "DICOM: AE title %s on %s:%d",
+                settings.dicom_ae_title,
+                settings.dicom_host,
+                settings.dicom_port,
+            )
         if "dashboard" in children:
             log.info("dashboard: http://localhost:%d", settings.dashboard_port)
         log.info("press Ctrl-C to stop. Decision support only, not for clinical use.")

@@ -66,3 +66,35 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'fracture.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(scope="session")
+def orthanc_binary() -> None:
+    """Orthanc and DCMTK are installed by .ci/run in CI; elsewhere their tests skip."""
+    from tests.helpers import OrthancServer
+
+    missing = [
+        name
+        for name, ok in (("orthanc", OrthancServer.available()), ("dcmtk", _has("storescu")))
+        if not ok
+    ]
+    if missing:
+        if IN_CI:
+            pytest.fail(f"{' and '.join(missing)} required in CI (apt-get install them)")
+        pytest.skip(f"{' and '.join(missing)} not installed")
+
+
+def _has(command: str) -> bool:
+    import shutil
+
+    return shutil.which(command) is not None
+
+
+@pytest.fixture
+def orthanc(orthanc_binary: None, tmp_path: Path) -> Iterator[object]:
+    """A fresh Orthanc PACS for one test."""
+    from tests.helpers import OrthancServer
+
+    server = OrthancServer(tmp_path / "orthanc", free_port(), free_port()).start()
+    yield server
+    server.stop()

@@ -273,8 +273,11 @@ class ProcessPipeline:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
-        """`worker`, `worker-2`, … start workers; `watch` or `watcher` starts the watcher."""
+        """`worker`, `worker-2`, … start workers; `dicom` the DICOM listener; `watch` or
+        `watcher` the watcher."""
         command = "worker" if name.startswith("worker") else "watch"
+        if name.startswith("dicom"):
+            command = "dicom-listen"
         process = self.stack.enter_context(
             running(fracture_cli(command), self.env, self.root / f"{name}.log")
         )
@@ -334,3 +337,111 @@ def process_pipeline(
         yield p
     finally:
         p.close()
+
+
+class OrthancServer:
+    """Debian's Orthanc (a real PACS) from a temporary configuration: REST and DICOM on free
+    loopback ports, storage in `root`, no plugins."""
+
+    AE_TITLE = "ORTHANC"
+
+    def __init__(self, root: Path, http_port: int, dicom_port: int) -> None:
+        self.root = root
+        self.http_port = http_port
+        self.dicom_port = dicom_port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("Orthanc") is not None
+
+    def start(self, timeout: float = 30.0) -> OrthancServer:
+        import json
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "fracture-test",
+            "StorageDirectory": str(self.root / "storage"),
+            "IndexDirectory": str(self.root / "index"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.AE_TITLE,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True,
+            "Plugins": [],
+            "StableAge": 1,
+            "HttpTimeout": 60,
+        }
+        path = self.root / "orthanc.json"
+        path.write_text(json.dumps(config))
+        with (self.root / "orthanc.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                ["Orthanc", str(path)], stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        if not wait_for(self._answers, timeout, 0.2):
+            self.stop()
+            raise RuntimeError(f"Orthanc did not start: {(self.root / 'orthanc.log').read_text()}")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            self.get("/system")
+        except OSError:
+            return False
+        return True
+
+    def request(self, method: str, path: str, body: object = None) -> Any:
+        import json
+        import urllib.request
+
+        data = None
+        if isinstance(body, bytes):
+            data = body
+        elif body is not None:
+            data = json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            payload = response.read()
+        if response.headers.get_content_type() == "application/json":
+            return json.loads(payload)
+        return payload
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def add_modality(self, name: str, ae_title: str, port: int) -> None:
+        self.request(
+            "PUT", f"/modalities/{name}", {"AET": ae_title, "Host": "127.0.0.1", "Port": port}
+        )
+
+    def upload(self, data: bytes) -> str:
+        """Store a DICOM file; its Orthanc instance id."""
+        return str(self.request("POST", "/instances", data)["ID"])
+
+    def study_id(self, study_uid: str) -> str | None:
+        found = self.request("POST", "/tools/lookup", study_uid.encode())
+        return next((r["ID"] for r in found if r["Type"] == "Study"), None)
+
+    def study_files(self, study_uid: str) -> list[bytes]:
+        """Every instance of the study, as DICOM files."""
+        study = self.study_id(study_uid)
+        if study is None:
+            return []
+        instances = self.get(f"/studies/{study}/instances")
+        return [self.get(f"/instances/{i['ID']}/file") for i in instances]
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+
+def dicom_tool(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a DCMTK tool (storescu, echoscu); its result, output included."""
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)

@@ -233,24 +233,12 @@ class Watcher:
                 rejection=rejection,
             )
             entries.append((path, entry))
-        if not entries:
-            return []
-        with transaction(self.factory) as session:
-            registered = queries.register_images(
-                session=session, new=[entry for _, entry in entries]
-            )
-        new_ids: list[int] = []
-        for (path, entry), (image_id, created) in zip(entries, registered, strict=True):
-            if not created:
-                log.info("duplicate of image %d ignored: %s", image_id, path.name)
-            elif entry.rejection:
-                log.warning("rejected %s: %s", path.name, entry.rejection)
-            else:
-                new_ids.append(image_id)
-        if new_ids:
-            client.enqueue(self.app, self.factory, new_ids)
-            log.info("registered and queued %d new image(s)", len(new_ids))
-        return new_ids
+        registered = client.register(self.app, self.factory, [entry for _, entry in entries])
+        return [
+            image_id
+            for (_, entry), (image_id, created) in zip(entries, registered, strict=True)
+            if created and not entry.rejection
+        ]
 
     def _safe_describe(self, path: Path) -> tuple[str, int, str, str | None] | None:
         try:

@@ -11,6 +11,7 @@ from kombu.exceptions import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
+from db.models import ImageSource
 from db.session import transaction
 from worker.app import BULK_QUEUE, PREDICT_TASK, RESCORE_TASK, UPLOAD_QUEUE, UPLOAD_TASK
 
@@ -76,6 +77,34 @@ def enqueue(
     with transaction(factory) as session:
         queries.mark_enqueued(session=session, image_ids=image_ids)
     return True
+
+
+def register(
+    app: Celery,
+    factory: sessionmaker[Session],
+    entries: Sequence[queries.NewImage],
+    *,
+    source: str = ImageSource.WATCH,
+) -> list[tuple[int, bool]]:
+    """Register files (one transaction) and queue the new, unrejected ones: the one road in
+    for the watcher and the DICOM listener. (image id, created now) per entry, in order. A
+    broker that is down leaves the rows `queued` and unsent; the sweeper sends them later."""
+    if not entries:
+        return []
+    with transaction(factory) as session:
+        registered = queries.register_images(session=session, new=entries, source=source)
+    new_ids: list[int] = []
+    for entry, (image_id, created) in zip(entries, registered, strict=True):
+        name = entry.filename.rsplit("/", 1)[-1]
+        if not created:
+            log.info("duplicate of image %d ignored: %s", image_id, name)
+        elif entry.rejection:
+            log.warning("rejected %s: %s", name, entry.rejection)
+        else:
+            new_ids.append(image_id)
+    if new_ids and enqueue(app, factory, new_ids):
+        log.info("registered and queued %d new image(s)", len(new_ids))
+    return registered
 
 
 def queue_depth(app: Celery) -> int | None:

@@ -1,0 +1,1 @@
+"""DICOM networking: receive studies over C-STORE, send results back to PACS."""

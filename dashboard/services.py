@@ -1,5 +1,6 @@
 """What the dashboard does besides drawing: upload → store → register → enqueue → wait, CSV
-export, the password check, and image display helpers. No Streamlit in here.
+export, the password check, the PACS send state in words, and image display helpers. No
+Streamlit in here.
 """
 
 from __future__ import annotations
@@ -11,21 +12,22 @@ import io
 import json
 import logging
 import os
+import re
 import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import browse, queries
+from db import browse, exports, queries
 from db.migrate import upgrade
-from db.models import Image, ImageSource, ImageStatus, Prediction, utcnow
+from db.models import DicomExport, ExportState, Image, ImageSource, ImageStatus, Prediction, utcnow
 from db.session import make_engine, make_session_factory, transaction
 from fracture.settings import Settings
 from worker import client
@@ -238,6 +240,8 @@ EXPORT_COLUMNS = (
     "review_note",
     "warning",
     "error",
+    "study_uid",
+    "pacs_state",
 )
 
 
@@ -285,6 +289,8 @@ def export_record(row: browse.BrowseRow) -> tuple[object, ...]:
             review.note if review else None,
             row.warning,
             row.error,
+            row.study_uid,
+            row.export_state,
         )
     )
 
@@ -315,6 +321,69 @@ def export_csv(
     factory: sessionmaker[Session], flt: browse.BrowseFilter, sort: browse.SortKey
 ) -> bytes:
     return "".join(export_lines(factory, flt, sort)).encode("utf-8")
+
+
+# -- results to PACS ---------------------------------------------------------------------------
+
+SENDER_PICKUP = (
+    "The running sender (inside `fracture dicom-listen`, which `fracture up` starts when "
+    "FRACTURE_DICOM_PORT is set, or `fracture dicom-send --follow`) picks it up within a "
+    "second or so."
+)
+_GAVE_UP = re.compile(r"^gave up after \d+ attempt\(s\): ")
+
+
+def shows_pacs_state(image: Image, settings: Settings, has_exports: bool) -> bool:
+    """Whether the image's results are (or would be) sent to PACS: received over DICOM, a
+    DICOM file from the folder when those are sent too, or any image with an export row."""
+    if has_exports or image.source == ImageSource.DICOM:
+        return True
+    return settings.dicom_export_folder_files and image.format == exports.DICOM_FORMAT
+
+
+def last_error(export: DicomExport) -> str | None:
+    """Why the last attempt failed, without the "gave up after N attempt(s)" the sender adds."""
+    return _GAVE_UP.sub("", export.error) if export.error else None
+
+
+def export_text(
+    export: DicomExport | None,
+    *,
+    destination: str | None,
+    max_attempts: int,
+    now: datetime,
+    when: Callable[[datetime | None], str],
+) -> str:
+    """One prediction's trip to PACS in words; `when` formats a time for the reader."""
+    if export is None:
+        if destination is None:
+            return "not sent: no DICOM destination configured"
+        return f"not queued yet for {destination}: the sender queues new results as it runs"
+    reason = last_error(export)
+    if export.state == ExportState.SENT:
+        return f"sent to PACS at {when(export.sent_at)} ({export.destination or 'destination?'})"
+    if export.state == ExportState.FAILED:
+        return f"failed after {export.attempts} attempt(s): {reason or 'no reason stored'}"
+    due = export.next_attempt_at
+    if due.tzinfo is None:  # SQLite hands stored UTC times back without a zone
+        due = due.replace(tzinfo=UTC)
+    # A claimed export's next try lies one lease ahead while it is being sent.
+    moment = f"next try at {when(export.next_attempt_at)}" if due > now else "due now"
+    text = f"pending — attempt {export.attempts + 1} of {max_attempts}, {moment}"
+    return text + (f": {reason}" if reason else "")
+
+
+def retry_image(factory: sessionmaker[Session], image_id: int, *, now: datetime) -> int:
+    """The image's failed exports back to pending with fresh attempts; how many."""
+    with transaction(factory) as session:
+        return exports.retry_failed(session=session, now=now, image_ids=[image_id])
+
+
+def short_uid(uid: str | None, keep: int = 12) -> str:
+    """The last `keep` characters of a DICOM UID (where instances of one study differ)."""
+    if not uid:
+        return "—"
+    return uid if len(uid) <= keep else "…" + uid[-keep:]
 
 
 # -- image display -----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Streamlit pieces the pages share: the process-wide context, the notice, the sign-in gate,
-the verdict card, the image viewer (window/level), the heatmap, all fields, and the review form.
+the verdict card, the image viewer (window/level), the heatmap, all fields, the review form, and
+the DICOM panel (study, sender, results sent to PACS).
 """
 
 from __future__ import annotations
@@ -15,10 +16,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import streamlit as st
+from sqlalchemy.orm import Session, sessionmaker
 
 from dashboard import services
-from db import browse
-from db.models import Image, ImageStatus, Prediction, Verdict
+from db import browse, exports
+from db.models import (
+    DicomExport,
+    ExportState,
+    Image,
+    ImageSource,
+    ImageStatus,
+    Prediction,
+    Verdict,
+    utcnow,
+)
 from db.session import transaction
 
 if TYPE_CHECKING:
@@ -44,6 +55,34 @@ STATUS_TEXT: dict[str, str] = {
     ImageStatus.DONE: "Done",
     ImageStatus.FAILED: "Failed",
 }
+SOURCE_TEXT: dict[str, str] = {
+    ImageSource.WATCH: "Inbox",
+    ImageSource.UPLOAD: "Upload",
+    ImageSource.DICOM: "DICOM network",
+}
+EXPORT_TEXT: dict[str, str] = {
+    ExportState.SENT: "sent",
+    ExportState.PENDING: "pending",
+    ExportState.FAILED: "failed",
+    browse.NOT_EXPORTED: "not sent",
+}
+BROWSE_PAGE = "views/browse.py"
+# Browse's sidebar filters (widget keys); the model choice is reset to LATEST beside them.
+BROWSE_FILTER_KEYS = (
+    "f-verdicts",
+    "f-prob",
+    "f-dates",
+    "f-sources",
+    "f-statuses",
+    "f-review",
+    "f-name",
+    "f-regions",
+    "f-disagree",
+    "f-study",
+    "f-export",
+)
+LATEST = "latest"
+STUDY_ROWS = 50  # instances of a study listed in the record view
 
 _CSS = """
 <style>
@@ -200,6 +239,10 @@ def day_bounds(days: tuple[date, ...]) -> tuple[datetime | None, datetime | None
 
 
 # -- verdict -------------------------------------------------------------------------------------
+
+
+def source_text(source: str) -> str:
+    return SOURCE_TEXT.get(source, source)
 
 
 def label_text(label: str | None) -> str:
@@ -554,6 +597,11 @@ def fields(image: Image, prediction: Prediction | None) -> list[tuple[str, str]]
         ("Study date", image.study_date),
         ("Photometric", image.photometric),
         ("Bits stored", image.bits_stored),
+        ("Study UID", image.study_uid),
+        ("Series UID", image.series_uid),
+        ("SOP instance UID", image.sop_instance_uid),
+        ("SOP class UID", image.sop_class_uid),
+        ("Sent by (AE title)", image.calling_ae),
         ("SHA-256", image.sha256),
         ("Stored at", image.path),
     ]
@@ -749,5 +797,177 @@ def detail(
                 "Newest first. Choose a version above to see its prediction in full; "
                 "each is kept as it was stored."
             )
+    dicom_panel(dashboard, image, predictions, key=key)
     fields_table(image, prediction)
     return image
+
+
+# -- DICOM: the study and the results sent to PACS ---------------------------------------------
+
+
+def show_in_browse(filters: dict[str, object], open_image: int | None = None) -> None:
+    """Browse with only these filters set (widget key → value) and first page shown; a button
+    callback, so it runs before any widget it sets is drawn. The caller switches page."""
+    for name in BROWSE_FILTER_KEYS:
+        st.session_state.pop(name, None)
+    st.session_state["f-model"] = LATEST
+    for name, value in filters.items():
+        st.session_state[name] = value
+    st.session_state["page"] = 1
+    if open_image is not None:
+        st.session_state["open-image"] = open_image
+        st.session_state["open-prediction"] = None
+
+
+def _send_again(factory: sessionmaker[Session], image_id: int, key: str) -> None:
+    again = services.retry_image(factory, image_id, now=utcnow())
+    st.session_state[key] = again
+
+
+def _meta(lines: list[tuple[str, str | None]]) -> str:
+    return "<br>".join(
+        f"{name} <code>{html.escape(value)}</code>" for name, value in lines if value
+    )
+
+
+def export_line(
+    dashboard: services.Dashboard, prediction: Prediction, export: DicomExport | None
+) -> str:
+    settings = dashboard.settings
+    destination = str(settings.destination) if settings.destination else None
+    text = services.export_text(
+        export,
+        destination=destination,
+        max_attempts=settings.dicom_send_attempts,
+        now=utcnow(),
+        when=local_time,
+    )
+    # One line: a line break in a stored error would end the HTML block it is shown in.
+    return " ".join(f"{prediction.model_version}: {text}".split())
+
+
+def dicom_panel(
+    dashboard: services.Dashboard, image: Image, predictions: list[Prediction], *, key: str
+) -> None:
+    """For an instance received over DICOM: its study, series, instance and sender, the other
+    instances of its study, and each prediction's results on their way to PACS."""
+    with dashboard.factory() as session:
+        sends = {e.prediction_id: e for e in exports.for_image(session=session, image_id=image.id)}
+        study: tuple[list[Image], int] | None = None
+        if image.study_uid:
+            study = browse.study_images(
+                session=session, study_uid=image.study_uid, limit=STUDY_ROWS
+            )
+    received = image.source == ImageSource.DICOM or bool(image.study_uid)
+    pacs = services.shows_pacs_state(image, dashboard.settings, bool(sends))
+    if not (received or pacs):
+        return
+    with st.container(border=True):
+        st.markdown("**DICOM**")
+        if received:
+            identity = _meta(
+                [
+                    ("Study UID", image.study_uid),
+                    ("Series UID", image.series_uid),
+                    ("SOP instance UID", image.sop_instance_uid),
+                    ("Sent by AE title", image.calling_ae),
+                ]
+            )
+            st.markdown(
+                f'<div class="fx-meta">{identity or "No DICOM identity stored."}</div>',
+                unsafe_allow_html=True,
+            )
+        if study is not None:
+            _study_instances(image, *study, key=key)
+        if pacs:
+            _pacs_state(dashboard, image, predictions, sends, key=key)
+
+
+def _study_instances(image: Image, instances: list[Image], total: int, *, key: str) -> None:
+    """How many other instances the study has, a button to browse them, the first few."""
+    others = [i for i in instances if i.id != image.id]
+    count = total - 1
+    line = st.columns([3, 2], vertical_alignment="center")
+    line[0].markdown(
+        f"**{count}** other instance{'s' if count != 1 else ''} in this study"
+        if count
+        else "No other instance of this study has been received."
+    )
+    if line[1].button(
+        "Show this study in Browse",
+        key=f"{key}-study-{image.id}",
+        icon=":material/filter_alt:",
+        on_click=show_in_browse,
+        args=({"f-study": image.study_uid}, image.id),
+        width="stretch",
+    ):
+        st.switch_page(BROWSE_PAGE)
+    if not others:
+        return
+    latest = [max(i.predictions, key=lambda p: p.id, default=None) for i in others]
+    st.dataframe(
+        {
+            "Image": [i.id for i in others],
+            "Series": [services.short_uid(i.series_uid) for i in others],
+            "Body part": [i.body_part or "" for i in others],
+            "View": [i.view_position or "" for i in others],
+            "Status": [STATUS_TEXT.get(i.status, i.status) for i in others],
+            "Verdict": [verdict_text(verdict_of(p)) if p else "" for p in latest],
+            "Probability": [round(p.probability, 3) if p else None for p in latest],
+        },
+        hide_index=True,
+        width="stretch",
+    )
+    if total > len(instances):
+        st.caption(f"The first {len(instances)} of {total} instances, in order of arrival.")
+
+
+def _pacs_state(
+    dashboard: services.Dashboard,
+    image: Image,
+    predictions: list[Prediction],
+    sends: dict[int, DicomExport],
+    *,
+    key: str,
+) -> None:
+    destination = dashboard.settings.destination
+    where = (
+        f"to <code>{html.escape(str(destination))}</code>"
+        if destination
+        else "— no destination configured (FRACTURE_DICOM_DESTINATION)"
+    )
+    st.markdown(
+        f"**Results to PACS** (secondary capture and structured report) {where}",
+        unsafe_allow_html=True,
+    )
+    if not predictions:
+        st.caption("Nothing to send: the image has no prediction.")
+        return
+    lines = [export_line(dashboard, p, sends.get(p.id)) for p in predictions]
+    st.markdown(
+        '<div class="fx-meta">'
+        + "<br>".join(html.escape(line, quote=False) for line in lines)
+        + "</div>",
+        unsafe_allow_html=True,
+    )
+    done_key = f"{key}-resent-{image.id}"
+    again = st.session_state.pop(done_key, None)
+    if again is not None:
+        st.success(
+            f"{again} result(s) queued again. {services.SENDER_PICKUP}"
+            if again
+            else "Nothing to send again: no failed result left.",
+            icon=":material/send:",
+        )
+    if any(e.state == ExportState.FAILED for e in sends.values()):
+        st.button(
+            "Send again",
+            key=f"{key}-resend-{image.id}",
+            icon=":material/send:",
+            on_click=_send_again,
+            args=(dashboard.factory, image.id, done_key),
+        )
+        st.caption(
+            "Send again puts this image's failed results back in the queue with fresh "
+            f"attempts. {services.SENDER_PICKUP}"
+        )

@@ -1,4 +1,5 @@
-"""Queries behind the dashboard: browse (filter, sort, page), detail, reviews, overview figures.
+"""Queries behind the dashboard: browse (filter, sort, page), detail, reviews, DICOM studies,
+overview figures.
 
 Everything is filtered, sorted, counted and aggregated in the database, so a page costs the
 same at 100 rows as at 100,000. Query functions take a keyword-only `session`.
@@ -15,7 +16,17 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Row, Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
-from db.models import Image, ImageSource, ImageStatus, Prediction, Review, Verdict, utcnow
+from db.models import (
+    DicomExport,
+    ExportState,
+    Image,
+    ImageSource,
+    ImageStatus,
+    Prediction,
+    Review,
+    Verdict,
+    utcnow,
+)
 
 # The checkpoint's class names (model.checkpoint.CLASS_NAMES); kept here so db/ stays free of torch.
 NEGATIVE_LABEL = "not_fractured"
@@ -27,6 +38,8 @@ VERDICTS = tuple(v.value for v in Verdict)
 REVIEWER_MAX = 128
 ALL_VERSIONS = "*"  # BrowseFilter.model_version: every model's prediction, one row each
 NO_REGION = "none"  # BrowseFilter.regions: predictions of a model without a region head
+NOT_EXPORTED = "none"  # BrowseFilter.export_states: predictions with no export to PACS
+EXPORT_STATES = (*(s.value for s in ExportState), NOT_EXPORTED)
 
 
 class ReviewState(enum.StrEnum):
@@ -77,10 +90,15 @@ class BrowseFilter:
     regions: tuple[str, ...] = ()  # predicted body regions; NO_REGION matches region-less rows
     region_disagrees: bool = False  # only rows whose DICOM body part names another region
     verdicts: tuple[str, ...] = ()  # the model's answers: fracture, doubt, no_fracture
+    study_uid: str | None = None  # only instances of this DICOM study
+    # Where the row's prediction stands on its way to PACS: sent, pending, failed, or
+    # NOT_EXPORTED (no export row: not a DICOM image, or not queued).
+    export_states: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_choices("label", self.labels, LABELS)
         _check_choices("verdict", self.verdicts, VERDICTS)
+        _check_choices("PACS send state", self.export_states, EXPORT_STATES)
         _check_choices("source", self.sources, SOURCES)
         _check_choices("status", self.statuses, STATUSES)
         for bound in (self.probability_min, self.probability_max):
@@ -103,6 +121,7 @@ class BrowseFilter:
             or self.regions
             or self.region_disagrees
             or self.verdicts
+            or self.export_states
         )
 
 
@@ -140,7 +159,9 @@ class BrowseRow:
     verdict: str | None = None
     doubt_threshold: float | None = None
     boxes: list[list[float]] | None = None  # [x, y, width, height, score] each; None: no boxes
+    study_uid: str | None = None  # DICOM Study Instance UID (instances received over DICOM)
     review: LatestReview | None = None
+    export_state: str | None = None  # the prediction's trip to PACS; None: no export row
 
 
 @dataclass(frozen=True)
@@ -176,6 +197,7 @@ _ROW_COLUMNS: tuple[Any, ...] = (
     Prediction.verdict,
     Prediction.doubt_threshold,
     Prediction.boxes,
+    Image.study_uid,
 )
 
 
@@ -219,6 +241,18 @@ def _conditions(flt: BrowseFilter) -> list[ColumnElement[bool]]:
         conditions.append(Prediction.region_disagrees.is_(True))
     if flt.verdicts:
         conditions.append(Prediction.verdict.in_(flt.verdicts))
+    if flt.study_uid:
+        conditions.append(Image.study_uid == flt.study_uid)
+    if flt.export_states:
+        # Driven from the (small) exports table, like the review states below.
+        named = [s for s in flt.export_states if s != NOT_EXPORTED]
+        matches = []
+        if named:
+            exported = select(DicomExport.prediction_id).where(DicomExport.state.in_(named))
+            matches.append(Prediction.id.in_(exported))
+        if NOT_EXPORTED in flt.export_states:
+            matches.append(Prediction.id.not_in(select(DicomExport.prediction_id)))
+        conditions.append(or_(*matches))
     state = ReviewState(flt.review_state)
     if state == ReviewState.UNREVIEWED:
         conditions.append(Prediction.id.not_in(select(Review.prediction_id)))
@@ -290,9 +324,11 @@ def _ordering(sort: SortKey, *, reverse: bool = False) -> list[Any]:
 
 
 def _rows(session: Session, raw: Sequence[Row[Any]]) -> list[BrowseRow]:
-    """Page rows plus the latest review of each prediction on the page (two small queries)."""
+    """Page rows plus the latest review and the PACS send state of each prediction on the
+    page (three small queries)."""
     prediction_ids = [r.prediction_id for r in raw if r.prediction_id is not None]
     latest: dict[int, LatestReview] = {}
+    sent: dict[int, str] = {}
     if prediction_ids:
         counts: dict[int, int] = {
             pid: int(n)
@@ -316,8 +352,20 @@ def _rows(session: Session, raw: Sequence[Row[Any]]) -> list[BrowseRow]:
                 created_at=review.created_at,
                 count=counts.get(review.prediction_id, 1),
             )
+        sent = {
+            pid: str(state)
+            for pid, state in session.execute(
+                select(DicomExport.prediction_id, DicomExport.state).where(
+                    DicomExport.prediction_id.in_(prediction_ids)
+                )
+            ).all()
+        }
     return [
-        BrowseRow(**r._mapping, review=latest.get(r.prediction_id) if r.prediction_id else None)
+        BrowseRow(
+            **r._mapping,
+            review=latest.get(r.prediction_id) if r.prediction_id else None,
+            export_state=sent.get(r.prediction_id) if r.prediction_id else None,
+        )
         for r in raw
     ]
 
@@ -455,6 +503,55 @@ def model_versions(*, session: Session) -> list[str]:
             select(Prediction.model_version).distinct().order_by(Prediction.model_version)
         )
     )
+
+
+# -- DICOM studies -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Study:
+    """Instances received over DICOM that share a Study Instance UID."""
+
+    study_uid: str
+    images: int
+    last_received_at: datetime
+
+
+def _studies(*where: ColumnElement[bool]) -> Select[str | None, int, datetime]:
+    last = func.max(Image.received_at)
+    return (
+        select(Image.study_uid, func.count(Image.id), last)
+        .where(Image.study_uid.is_not(None), *where)
+        .group_by(Image.study_uid)
+        .order_by(last.desc(), Image.study_uid)
+    )
+
+
+def studies(*, session: Session, limit: int = 500) -> list[Study]:
+    """The DICOM studies with the most recently received instances, newest first."""
+    rows = session.execute(_studies().limit(limit)).all()
+    return [Study(study_uid=str(uid), images=int(n), last_received_at=at) for uid, n, at in rows]
+
+
+def study(*, session: Session, study_uid: str) -> Study | None:
+    """One study's summary; None when no stored instance belongs to it."""
+    for uid, n, at in session.execute(_studies(Image.study_uid == study_uid)).all():
+        return Study(study_uid=str(uid), images=int(n), last_received_at=at)
+    return None
+
+
+def study_images(*, session: Session, study_uid: str, limit: int = 50) -> tuple[list[Image], int]:
+    """The study's first `limit` instances in order of arrival, with their predictions, and
+    how many it has in all."""
+    total = session.scalar(select(func.count(Image.id)).where(Image.study_uid == study_uid))
+    images = session.scalars(
+        select(Image)
+        .where(Image.study_uid == study_uid)
+        .order_by(Image.received_at, Image.id)
+        .limit(limit)
+        .options(selectinload(Image.predictions))
+    )
+    return list(images), int(total or 0)
 
 
 # -- overview ----------------------------------------------------------------------------------

@@ -319,7 +319,7 @@ def results(
     database_url: DbOpt = None,
 ) -> None:
     """List stored images and their latest prediction, newest first."""
-    from db import queries
+    from db import exports, queries
     from db.migrate import upgrade
     from db.models import ImageStatus
     from db.session import make_engine, make_session_factory
@@ -335,6 +335,14 @@ def results(
         images = queries.list_images(session=session, limit=limit, status=status)
         for image in images:
             prediction = queries.latest_prediction(image)
+            sent = next(
+                (
+                    e
+                    for e in exports.for_image(session=session, image_id=image.id)
+                    if prediction and e.prediction_id == prediction.id
+                ),
+                None,
+            )
             record = {
                 "id": image.id,
                 "path": image.filename,
@@ -356,6 +364,11 @@ def results(
                 "error": image.error,
                 "warning": image.warning,
                 "received_at": image.received_at.isoformat(),
+                "study_uid": image.study_uid,
+                # the latest prediction's results on their way to PACS (DICOM images only)
+                "pacs": {"state": sent.state, "attempts": sent.attempts, "error": sent.error}
+                if sent
+                else None,
             }
             if as_json:
                 typer.echo(json.dumps(record))

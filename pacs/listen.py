@@ -85,9 +85,9 @@ def read_instance(encoded: bytes, calling_ae: str | None) -> Instance:
                 _ = element.value
     except Exception as exc:  # pydicom raises many types for broken input
         raise MalformedDataset(f"malformed DICOM dataset ({type(exc).__name__})") from exc
-    if not len(ds):
-        raise MalformedDataset("malformed DICOM dataset (no elements)")
     sop_class = _uid(ds, "SOPClassUID")
+    if sop_class is None:
+        raise MalformedDataset("malformed DICOM dataset (no valid SOP Class UID)")
     return Instance(
         identity=queries.DicomIdentity(
             study_uid=_uid(ds, "StudyInstanceUID"),

@@ -1,5 +1,6 @@
 """Browse page: every stored prediction, filtered, sorted and paged by the database; one opens
-below the table with its image, heatmap, fields and review form.
+below the table with its image, heatmap, fields, review form and, for an instance received over
+DICOM, its study and its results' trip to PACS.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import services, ui
-from db import browse
+from db import browse, exports
 from db.models import utcnow
 
 SORTS = {
@@ -28,20 +29,9 @@ REVIEW_STATES = {
     browse.ReviewState.DISAGREED: "Reader corrected",
 }
 PAGE_SIZES = (25, 50, 100, 200)
-FILTER_KEYS = (
-    "f-verdicts",
-    "f-prob",
-    "f-dates",
-    "f-sources",
-    "f-statuses",
-    "f-review",
-    "f-name",
-    "f-regions",
-    "f-disagree",
-)
-LATEST = "latest"
+STUDY_CHOICES = 500  # the most recently received studies offered in the study filter
 VERSION_CHOICES = {
-    LATEST: "Latest prediction per image",
+    ui.LATEST: "Latest prediction per image",
     browse.ALL_VERSIONS: "Every model version (a row each)",
 }
 
@@ -51,9 +41,9 @@ def _first_page() -> None:
 
 
 def _clear_filters() -> None:
-    for key in FILTER_KEYS:
+    for key in ui.BROWSE_FILTER_KEYS:
         st.session_state.pop(key, None)
-    st.session_state["f-model"] = LATEST
+    st.session_state["f-model"] = ui.LATEST
     _first_page()
 
 
@@ -110,7 +100,7 @@ def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.
     sources = side.multiselect(
         "Source",
         browse.SOURCES,
-        format_func=lambda s: {"watch": "Inbox", "upload": "Upload"}.get(s, s),
+        format_func=ui.source_text,
         key="f-sources",
         on_change=_first_page,
     )
@@ -127,6 +117,41 @@ def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.
     with dashboard.factory() as session:
         versions = browse.model_versions(session=session)
         regions = browse.predicted_regions(session=session)
+        studies = {s.study_uid: s for s in browse.studies(session=session, limit=STUDY_CHOICES)}
+        chosen_study = st.session_state.get("f-study")
+        if chosen_study and chosen_study not in studies:  # an older study, opened from a record
+            found = browse.study(session=session, study_uid=chosen_study)
+            if found is not None:
+                studies[chosen_study] = found
+        sends = exports.counts(session=session)
+    study = None
+    if studies or chosen_study:
+        options = list(studies)
+        if chosen_study and chosen_study not in studies:
+            options.append(chosen_study)
+        study = side.selectbox(
+            "DICOM study",
+            options,
+            index=None,
+            format_func=lambda uid: study_choice(uid, studies.get(uid)),
+            key="f-study",
+            on_change=_first_page,
+            placeholder="Any study",
+            help="Instances received over the DICOM network, grouped by Study Instance UID "
+            f"(the {STUDY_CHOICES} most recently received studies; type to search). A record "
+            "received over DICOM can also show its study here.",
+        )
+    export_states: list[str] = []
+    if any(sends.values()) or dashboard.settings.destination is not None:
+        export_states = side.multiselect(
+            "Sent to PACS",
+            browse.EXPORT_STATES,
+            format_func=ui.EXPORT_TEXT.__getitem__,
+            key="f-export",
+            on_change=_first_page,
+            help="Where each row's result stands on its way back to PACS. Not sent: no "
+            "export for it (not a DICOM image, no destination, or not queued yet).",
+        )
     chosen_regions = side.multiselect(
         "Body region (predicted)",
         [*regions, browse.NO_REGION],
@@ -161,11 +186,21 @@ def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.
         statuses=tuple(statuses),
         review_state=browse.ReviewState(review),
         filename=name or None,
-        model_version=None if version == LATEST else version,
+        model_version=None if version == ui.LATEST else version,
         regions=tuple(chosen_regions),
         region_disagrees=bool(disagree),
+        study_uid=study or None,
+        export_states=tuple(export_states),
     )
     return flt, st.session_state.get("sort", browse.SortKey.NEWEST)
+
+
+def study_choice(uid: str, study: browse.Study | None) -> str:
+    """A study in the filter: the end of its UID, its instances, when the last one came."""
+    if study is None:
+        return f"{services.short_uid(uid)} · no stored instance"
+    count = f"{study.images} instance{'s' if study.images != 1 else ''}"
+    return f"{services.short_uid(uid)} · {count} · {ui.local_time(study.last_received_at)}"
 
 
 def review_text(row: browse.BrowseRow) -> str:
@@ -192,13 +227,15 @@ def table(page: browse.Page) -> pd.DataFrame:
             "Image": [r.image_id for r in page.rows],
             "Received": [ui.local_time(r.received_at) for r in page.rows],
             "File": [r.filename for r in page.rows],
+            "Study": [services.short_uid(r.study_uid) for r in page.rows],
             "Status": [ui.STATUS_TEXT.get(r.status, r.status) for r in page.rows],
             "Verdict": [verdict_cell(r) for r in page.rows],
             "Probability": [r.probability for r in page.rows],
             "Threshold": [r.threshold for r in page.rows],
             "Region": [ui.region_cell(r.region, r.region_disagrees) for r in page.rows],
             "Review": [review_text(r) for r in page.rows],
-            "Source": [r.source for r in page.rows],
+            "PACS": [ui.EXPORT_TEXT.get(r.export_state or "", "") for r in page.rows],
+            "Source": [ui.source_text(r.source) for r in page.rows],
             "Model": [r.model_version or "" for r in page.rows],
             "Problem": [r.error or r.warning or "" for r in page.rows],
         }
@@ -288,6 +325,14 @@ def render() -> None:
                 ),
                 "Threshold": st.column_config.NumberColumn(format="%.2f", width="small"),
                 "File": st.column_config.TextColumn(width="medium"),
+                "Study": st.column_config.TextColumn(
+                    width="small",
+                    help="DICOM Study Instance UID, its last 12 characters (— : not received "
+                    "over DICOM). The record below shows it in full; the sidebar filters by it.",
+                ),
+                "PACS": st.column_config.TextColumn(
+                    width="small", help="The result's trip back to PACS: sent, pending, failed."
+                ),
                 "Problem": st.column_config.TextColumn(width="medium"),
             },
         )

@@ -1,8 +1,10 @@
-"""Overview page: counts, positive rate over time, throughput, the queue and the workers, and
-how often readers agree with each model version.
+"""Overview page: counts, results sent to PACS, positive rate over time, throughput, the queue
+and the workers, and how often readers agree with each model version.
 """
 
 from __future__ import annotations
+
+import html
 
 import altair as alt
 import pandas as pd
@@ -10,7 +12,8 @@ import streamlit as st
 from celery import Celery
 
 from dashboard import services, ui
-from db import browse, versions
+from db import browse, exports, versions
+from db.models import ExportState
 from worker import client
 
 
@@ -155,6 +158,41 @@ def hour_chart(per_hour: list[browse.HourCount]) -> alt.Chart:
     )
 
 
+def pacs_figures(dashboard: services.Dashboard, sends: dict[str, int]) -> None:
+    """Results sent, pending and failed, where results go to PACS (or once went)."""
+    destination = dashboard.settings.destination
+    if not any(sends.values()) and destination is None:
+        return
+    where = (
+        f"to <code>{html.escape(str(destination))}</code>"
+        if destination
+        else "— no destination configured now (FRACTURE_DICOM_DESTINATION)"
+    )
+    st.markdown(f"**Results to PACS** {where}", unsafe_allow_html=True)
+    cells = st.columns([1, 1, 1, 2], vertical_alignment="bottom")
+    cells[0].metric("Sent", f"{sends[ExportState.SENT]:,}")
+    cells[1].metric(
+        "Pending",
+        f"{sends[ExportState.PENDING]:,}",
+        help="Waiting for their first or next attempt.",
+    )
+    failed = sends[ExportState.FAILED]
+    cells[2].metric(
+        "Failed",
+        f"{failed:,}",
+        help="Given up after FRACTURE_DICOM_SEND_ATTEMPTS attempts; a record's Send again "
+        "(or `fracture dicom-send --retry-failed`) tries them again.",
+    )
+    if failed and cells[3].button(
+        "Show failed in Browse",
+        icon=":material/filter_alt:",
+        on_click=ui.show_in_browse,
+        args=({"f-export": [ExportState.FAILED.value], "f-model": browse.ALL_VERSIONS},),
+        help="Browse every model version's rows whose results failed to reach PACS.",
+    ):
+        st.switch_page(ui.BROWSE_PAGE)
+
+
 def figures(dashboard: services.Dashboard, days: int) -> None:
     with dashboard.factory() as session:
         statuses = browse.status_counts(session=session)
@@ -164,6 +202,7 @@ def figures(dashboard: services.Dashboard, days: int) -> None:
         agreement = browse.agreement_by_model(session=session)
         by_region = browse.counts_by_region(session=session)
         pairs = versions.version_agreement(session=session)
+        sends = exports.counts(session=session)
     if dashboard.celery is not None:
         depth, workers = broker_health(dashboard.celery, dashboard.settings.broker_url or "")
     else:
@@ -200,6 +239,7 @@ def figures(dashboard: services.Dashboard, days: int) -> None:
             "No worker answered. Uploads and new inbox files stay queued until one runs.",
             icon=":material/power_off:",
         )
+    pacs_figures(dashboard, sends)
 
     left, right = st.columns(2, gap="large")
     with left:

@@ -1,4 +1,5 @@
-"""Browse, detail, review and overview queries on real SQLite and real PostgreSQL databases."""
+"""Browse, detail, review, DICOM study and overview queries on real SQLite and real PostgreSQL
+databases."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from sklearn.metrics import cohen_kappa_score
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import browse, queries
+from db import browse, exports, queries
 from db.migrate import upgrade
-from db.models import Image, Prediction, Review
+from db.models import DicomExport, ExportState, Image, ImageSource, Prediction, Review
 from db.session import make_engine, make_session_factory, transaction
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -388,6 +389,8 @@ def test_filter_values_are_checked() -> None:
         browse.BrowseFilter(probability_min=1.5)
     with pytest.raises(browse.QueryError, match="timezone-aware"):
         browse.BrowseFilter(received_from=datetime(2026, 1, 1))
+    with pytest.raises(browse.QueryError, match="choose from pending, sent, failed, none"):
+        browse.BrowseFilter(export_states=("delivered",))
 
 
 def test_overview_counts_and_series(factory: sessionmaker[Session], ids: dict) -> None:
@@ -495,3 +498,155 @@ def test_labels_match_the_checkpoint() -> None:
     from model.checkpoint import CLASS_NAMES
 
     assert (browse.NEGATIVE_LABEL, browse.POSITIVE_LABEL) == CLASS_NAMES
+
+
+# -- DICOM studies and results sent to PACS ----------------------------------------------------
+
+STUDY_A, STUDY_B = "1.2.826.0.1.3680043.8.498.101", "1.2.826.0.1.3680043.8.498.202"
+
+
+def seed_dicom(factory: sessionmaker[Session], ids: dict[str, int]) -> dict[str, int]:
+    """Instances received over DICOM, two studies: (name, study, export state or None)."""
+    instances = (
+        ("dicom/a1.dcm", STUDY_A, ExportState.SENT, 1.0),
+        ("dicom/a2.dcm", STUDY_A, ExportState.PENDING, 2.0),
+        ("dicom/a3.dcm", STUDY_A, None, 3.0),
+        ("dicom/b1.dcm", STUDY_B, ExportState.FAILED, 0.5),
+    )
+    with transaction(factory) as session:
+        for index, (name, study, state, hours_ago) in enumerate(instances):
+            image = Image(
+                sha256=f"d{index:063x}",
+                path=f"/data/dicom/{name}",
+                filename=name,
+                source=ImageSource.DICOM,
+                bytes=2000,
+                format="DICOM",
+                status="done",
+                received_at=NOW - timedelta(hours=hours_ago),
+                study_uid=study,
+                series_uid=f"{study}.1",
+                sop_instance_uid=f"{study}.1.{index}",
+                calling_ae="MODALITY",
+            )
+            prediction = Prediction(
+                model_version=V1,
+                label=browse.POSITIVE_LABEL,
+                probability=0.8,
+                threshold=0.5,
+                batch_size=1,
+                inference_ms=5.0,
+                created_at=NOW,
+            )
+            image.predictions.append(prediction)
+            session.add(image)
+            session.flush()
+            ids[name] = image.id
+            if state is not None:
+                session.add(
+                    DicomExport(
+                        prediction_id=prediction.id,
+                        image_id=image.id,
+                        state=state,
+                        destination="PACS@pacs:104",
+                        attempts=1,
+                    )
+                )
+    return ids
+
+
+def test_study_filter_keeps_one_studys_instances(factory: sessionmaker[Session], ids: dict) -> None:
+    seed_dicom(factory, ids)
+    with factory() as session:
+        page = browse.browse(session=session, flt=browse.BrowseFilter(study_uid=STUDY_A))
+        assert browse.count_rows(session=session, flt=browse.BrowseFilter(study_uid=STUDY_A)) == 3
+        dicom = browse.browse(session=session, flt=browse.BrowseFilter(sources=("dicom",)))
+        everything = browse.browse(session=session, page_size=100)
+    assert names(page) == ["dicom/a1.dcm", "dicom/a2.dcm", "dicom/a3.dcm"]  # newest first
+    assert {r.study_uid for r in page.rows} == {STUDY_A}
+    assert sorted(names(dicom)) == ["dicom/a1.dcm", "dicom/a2.dcm", "dicom/a3.dcm", "dicom/b1.dcm"]
+    assert {r.study_uid for r in everything.rows if r.source != "dicom"} == {None}
+
+
+def test_studies_newest_first_with_their_instances(
+    factory: sessionmaker[Session], ids: dict
+) -> None:
+    seed_dicom(factory, ids)
+    with factory() as session:
+        found = browse.studies(session=session)
+        one = browse.study(session=session, study_uid=STUDY_A)
+        assert browse.study(session=session, study_uid="1.2.3") is None
+        assert [s.study_uid for s in browse.studies(session=session, limit=1)] == [STUDY_B]
+        instances, total = browse.study_images(session=session, study_uid=STUDY_A, limit=2)
+        names_in_order = [i.filename for i in instances]
+        scored = [len(i.predictions) for i in instances]
+    assert [(s.study_uid, s.images) for s in found] == [(STUDY_B, 1), (STUDY_A, 3)]
+    assert one is not None and one.images == 3
+    assert ensure_utc(one.last_received_at) == NOW - timedelta(hours=1)
+    assert (names_in_order, total, scored) == (["dicom/a3.dcm", "dicom/a2.dcm"], 3, [1, 1])
+
+
+def ensure_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        ((ExportState.SENT,), {"dicom/a1.dcm"}),
+        ((ExportState.FAILED,), {"dicom/b1.dcm"}),
+        ((ExportState.PENDING, ExportState.FAILED), {"dicom/a2.dcm", "dicom/b1.dcm"}),
+        ((browse.NOT_EXPORTED,), {"dicom/a3.dcm"}),
+        ((ExportState.SENT, browse.NOT_EXPORTED), {"dicom/a1.dcm", "dicom/a3.dcm"}),
+    ],
+)
+def test_send_state_filter_follows_each_predictions_export(
+    factory: sessionmaker[Session], ids: dict, states: tuple[str, ...], expected: set[str]
+) -> None:
+    seed_dicom(factory, ids)
+    flt = browse.BrowseFilter(export_states=states, sources=("dicom",))
+    with factory() as session:
+        page = browse.browse(session=session, flt=flt, page_size=100)
+        assert page.total == browse.count_rows(session=session, flt=flt) == len(page.rows)
+        exported = list(browse.iter_rows(session=session, flt=flt))
+    assert set(names(page)) == expected
+    stored = {"dicom/a1.dcm": "sent", "dicom/a2.dcm": "pending", "dicom/b1.dcm": "failed"}
+    assert {r.filename: r.export_state for r in page.rows} == {
+        name: stored.get(name) for name in expected
+    }
+    assert [r.export_state for r in exported] == [r.export_state for r in page.rows]
+
+
+def test_not_exported_keeps_predictions_without_an_export_only(
+    factory: sessionmaker[Session], ids: dict
+) -> None:
+    seed_dicom(factory, ids)
+    flt = browse.BrowseFilter(export_states=(browse.NOT_EXPORTED,), model_version=ALL)
+    with factory() as session:
+        page = browse.browse(session=session, flt=flt, page_size=100)
+    # The 9 predictions of inbox and upload files, and the one DICOM result never queued;
+    # images without a prediction have nothing to send and are left out.
+    assert page.total == 10 and "dicom/a3.dcm" in names(page)
+    assert all(r.prediction_id is not None and r.export_state is None for r in page.rows)
+
+
+def test_retry_failed_from_the_record_view_sets_only_that_image_pending(
+    factory: sessionmaker[Session], ids: dict
+) -> None:
+    seed_dicom(factory, ids)
+    with transaction(factory) as session:
+        session.add(
+            DicomExport(
+                prediction_id=prediction_of(session, ids["ward1/a.png"]).id,
+                image_id=ids["ward1/a.png"],
+                state=ExportState.FAILED,
+                attempts=10,
+                error="gave up after 10 attempt(s): unreachable",
+            )
+        )
+    with transaction(factory) as session:
+        assert exports.retry_failed(session=session, now=NOW, image_ids=[ids["dicom/b1.dcm"]]) == 1
+    with factory() as session:
+        assert exports.counts(session=session) == {"pending": 2, "sent": 1, "failed": 1}
+        (again,) = exports.for_image(session=session, image_id=ids["dicom/b1.dcm"])
+    assert (again.state, again.attempts) == (ExportState.PENDING, 0)

@@ -31,12 +31,15 @@ from fracture.broker import free_port, server_binary
 from fracture.settings import Settings
 from fracture.supervisor import DASHBOARD_APP
 from tests.helpers import IN_CI, REPO, running, sample_images, wait_for
+from tests.make_inputs import dicom_bytes, grey_radiograph
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKERFILE = REPO / "Dockerfile"
-APP_SERVICES = ("migrate", "worker", "worker-cpu", "watcher", "dashboard")
-LONG_RUNNING = ("redis", "postgres", "worker", "worker-cpu", "watcher", "dashboard", "flower")
+APP_SERVICES = ("migrate", "worker", "worker-cpu", "watcher", "dashboard", "dicom")
+LONG_RUNNING = (
+    "redis", "postgres", "worker", "worker-cpu", "watcher", "dashboard", "dicom", "flower"
+)  # fmt: skip
 STORAGE = "/srv/fracture"
 SHIPPED_MODEL_IN_IMAGE = "/opt/fracture/model/fracture.pt"
 BATCH_LINE = re.compile(r"batch of (\d+): (\d+) done, (\d+) failed, (\d+) skipped")
@@ -163,7 +166,7 @@ def test_compose_file_declares_the_deployment() -> None:
 
     assert services["migrate"]["command"] == ["fracture", "db", "upgrade"]
     assert services["migrate"]["restart"] == "no"
-    for name in ("worker", "worker-cpu", "watcher", "dashboard"):
+    for name in ("worker", "worker-cpu", "watcher", "dashboard", "dicom"):
         assert services[name]["depends_on"] == {
             "redis": {"condition": "service_healthy"},
             "postgres": {"condition": "service_healthy"},
@@ -182,6 +185,8 @@ def test_compose_file_declares_the_deployment() -> None:
     assert "deploy" not in services["worker-cpu"]
     assert services["flower"]["profiles"] == ["flower"]
     assert any(p.endswith(":8501") for p in services["dashboard"]["ports"])
+    assert services["dicom"]["command"] == ["fracture", "dicom-listen"]
+    assert any(p.endswith(":11112") for p in services["dicom"]["ports"])
 
     # Every application setting goes through a FRACTURE_* variable that Settings knows
     # (Settings ignores unknown names, so a typo would silently do nothing).
@@ -259,6 +264,8 @@ class LocalStack:
             "FRACTURE_DEVICE": "cpu",
             "FRACTURE_SETTLE_S": "0.2",
             "FRACTURE_DASHBOARD_PORT": str(free_port()),
+            "FRACTURE_DICOM_PORT": str(free_port()),
+            "FRACTURE_DICOM_HOST": "127.0.0.1",
         }
 
     def __enter__(self) -> LocalStack:
@@ -405,6 +412,28 @@ def test_compose_services_take_a_drop_to_done_in_postgres(
         assert predictions == (len(images), len(images))
         stored = {Path(p) for (p,) in stack._query("SELECT path FROM images")}
         assert stored == {stack.inbox / image.name for image in images}
+
+        if shutil.which("storescu") or IN_CI:  # the dicom service takes a study over DICOM
+            stack.start("dicom")
+            port = stack.env("dicom")["FRACTURE_DICOM_PORT"]
+            instances = [tmp_path / f"instance_{i}.dcm" for i in range(2)]
+            for index, path in enumerate(instances):
+                grey = grey_radiograph(images[index])
+                path.write_bytes(dicom_bytes(grey, bits=12))
+            sent = subprocess.run(
+                ["storescu", "-aec", "FRACTURE", "127.0.0.1", port, *map(str, instances)],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            if sent.returncode != 0:  # the listener may still be starting: once more
+                wait_for(lambda: "DICOM listener" in stack.log("dicom"), 60, 0.5)
+                sent = subprocess.run(
+                    ["storescu", "-aec", "FRACTURE", "127.0.0.1", port, *map(str, instances)],
+                    capture_output=True, text=True, timeout=60, check=False,
+                )  # fmt: skip
+            assert sent.returncode == 0, sent.stderr + stack.diagnose("dicom")
+            total = len(images) + len(instances)
+            settled = wait_for(lambda: stack.status_counts() == {"done": total}, 120, 0.5)
+            assert settled, f"{stack.status_counts()}\n{stack.diagnose('worker', 'dicom')}"
 
         if dashboard is not None:
             port = stack.env("dashboard")["FRACTURE_DASHBOARD_PORT"]

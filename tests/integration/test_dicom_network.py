@@ -331,3 +331,43 @@ def test_a_malformed_dataset_gets_a_failure_status_and_a_failed_row_and_the_list
         assert "malformed DICOM dataset" in (failed.error or "") and Path(failed.path).is_file()
         assert storescu(port, [good]).returncode == 0  # still serving
         assert wait_for(lambda: counts(p).get("done") == 1, 60), p.logs()
+
+
+def test_results_that_gave_up_are_sent_by_dicom_send_retry_failed(
+    tmp_path: Path, broker_url: str, heat_model: Path
+) -> None:
+    import json
+
+    from tests.helpers import fracture_cli
+
+    files = study_files(tmp_path / "study", 2)
+    study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    pacs_port, http_port = free_port(), free_port()
+    settings = {
+        "dicom_destination": f"{OrthancServer.AE_TITLE}@127.0.0.1:{pacs_port}",
+        "dicom_send_backoff_s": 0.2,
+        "dicom_send_attempts": 2,
+    }
+    with gateway(tmp_path, broker_url, heat_model, **settings) as (p, port):
+        assert storescu(port, files).returncode == 0
+        assert wait_for(lambda: exports_by_state(p) == {"failed": 2}, 120), p.logs()
+        env = p.env
+        listed = subprocess.run(
+            fracture_cli("results", "--json"), env=env, capture_output=True, text=True, timeout=60
+        )
+        records = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert {r["pacs"]["state"] for r in records} == {"failed"}
+        assert all(r["pacs"]["error"].startswith("gave up after 2 attempt(s)") for r in records)
+        assert {r["study_uid"] for r in records} == {study_uid}
+    orthanc = OrthancServer(tmp_path / "orthanc", http_port, pacs_port).start()
+    try:
+        again = subprocess.run(
+            fracture_cli("dicom-send", "--retry-failed"),
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        assert "2 failed result(s) given fresh attempts" in again.stdout
+        assert ": 2 sent, 0 to retry, 0 failed now" in again.stdout
+        assert len(orthanc.study_files(study_uid)) == 4
+    finally:
+        orthanc.stop()

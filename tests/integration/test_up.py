@@ -13,10 +13,16 @@ import pytest
 from tests.helpers import fracture_cli, fracture_env, make_distinct_images, wait_for
 
 
-def _start(tmp_path: Path, model: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def _start(
+    tmp_path: Path, model: Path, **settings: str | int
+) -> tuple[subprocess.Popen[bytes], Path]:
     log = tmp_path / "up.log"
     env = fracture_env(
-        inbox=tmp_path / "inbox", data_dir=tmp_path / "data", model_path=model, settle_s=0.3
+        inbox=tmp_path / "inbox",
+        data_dir=tmp_path / "data",
+        model_path=model,
+        settle_s=0.3,
+        **settings,
     )
     process = subprocess.Popen(
         fracture_cli("up", "--no-dashboard"),
@@ -30,6 +36,48 @@ def _start(tmp_path: Path, model: Path) -> tuple[subprocess.Popen[bytes], Path]:
 
 def _descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
+
+
+def _results(tmp_path: Path) -> list[dict[str, object]]:
+    out = subprocess.run(
+        fracture_cli("results", "--json", "--data-dir", str(tmp_path / "data")),
+        capture_output=True,
+        text=True,
+        env=fracture_env(),
+    ).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_up_with_a_dicom_port_also_receives_over_dicom(
+    tmp_path: Path, tiny_model: Path, orthanc_binary: None
+) -> None:
+    from fracture.broker import free_port
+    from tests.helpers import dicom_tool, sample_images
+    from tests.make_inputs import dicom_bytes, grey_radiograph
+
+    port = free_port()
+    process, log = _start(tmp_path, tiny_model, dicom_port=port)
+    files = []
+    for index, source in enumerate(sample_images()[:2]):
+        files.append(tmp_path / f"{index}.dcm")
+        files[-1].write_bytes(dicom_bytes(grey_radiograph(source), bits=12))
+
+    def sent() -> bool:
+        result = dicom_tool(
+            "storescu", "-aec", "FRACTURE", "127.0.0.1", str(port), *map(str, files)
+        )
+        return result.returncode == 0
+
+    assert wait_for(sent, timeout=60, interval=1), log.read_text()[-3000:]
+    finished = lambda: [r["status"] for r in _results(tmp_path)] == ["done", "done"]  # noqa: E731
+    assert wait_for(finished, timeout=90, interval=1), log.read_text()[-3000:]
+    assert {r["source"] for r in _results(tmp_path)} == {"dicom"}
+    assert "DICOM: AE title FRACTURE" in log.read_text()
+    children = _descendants(process.pid)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], [p.cmdline() for p in alive]
 
 
 def test_up_processes_a_drop_and_stops_cleanly_on_sigterm(tmp_path: Path, tiny_model: Path):

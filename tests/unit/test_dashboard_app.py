@@ -1,5 +1,6 @@
 """The Streamlit app through AppTest: upload (answered), browse filters, the three verdicts,
-fracture boxes, earlier predictions and model-version agreement, review saved, sign-in."""
+fracture boxes, earlier predictions and model-version agreement, review saved, DICOM studies
+and results sent to PACS, sign-in."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard import services
 from db import browse, queries
-from db.models import Image, Prediction, Review
+from db.models import DicomExport, ExportState, Image, Prediction, Review
 from db.session import make_engine, make_session_factory, transaction
 from fracture.settings import Settings
 from model.inference import Classifier, Result
@@ -532,3 +534,227 @@ def test_password_gate(
     assert "Sign in" not in texts(at) and "matching rows" in texts(at)
     assert secret not in caplog.text
     assert secret not in repr(at.session_state.to_dict())
+
+
+# -- DICOM network: studies and results sent to PACS -------------------------------------------
+
+STUDY_A = "1.2.826.0.1.3680043.8.498.11111111111111111111111"
+STUDY_B = "1.2.826.0.1.3680043.8.498.22222222222222222222222"
+DESTINATION = "PACS@pacs.example:104"
+SENT_AT = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+NEXT_TRY = datetime(2099, 1, 1, 8, 30, tzinfo=UTC)
+PATIENT_NAME = "Doe^Jane"  # what a PatientName looks like; the database never holds one
+
+
+def instance_path(study: str, number: int) -> str:
+    """A file name as the listener stores it: dicom/<study UID>/<SOP instance UID>.dcm."""
+    return f"dicom/{study}/{study}.{number}.dcm"
+
+
+A1, A2 = instance_path(STUDY_A, 1), instance_path(STUDY_A, 2)
+B1, B2 = instance_path(STUDY_B, 1), instance_path(STUDY_B, 2)
+
+
+def seed_dicom() -> dict[str, int]:
+    """Four instances received over DICOM, two per study, each prediction's export in another
+    state (A1 sent, A2 pending, B1 failed, B2 none yet), and an inbox file beside them."""
+    ids = seed(
+        [
+            (A1, 0.91, "dicom"),
+            (A2, 0.12, "dicom"),
+            (B1, 0.77, "dicom"),
+            (B2, 0.05, "dicom"),
+            ("ward1/hand.jpg", 0.6, "watch"),
+        ]
+    )
+    factory = make_session_factory(make_engine(settings().resolved_database_url))
+    states: dict[str, dict[str, Any]] = {
+        A1: {"state": ExportState.SENT, "attempts": 1, "sent_at": SENT_AT},
+        A2: {
+            "state": ExportState.PENDING,
+            "attempts": 2,
+            "error": f"destination {DESTINATION} unreachable",
+            "next_attempt_at": NEXT_TRY,
+        },
+        B1: {
+            "state": ExportState.FAILED,
+            "attempts": 10,
+            "error": "gave up after 10 attempt(s): destination refused SR object: status 0xA700",
+        },
+    }
+    with transaction(factory) as session:
+        for name in (A1, A2, B1, B2):
+            image = session.get(Image, ids[name])
+            assert image is not None
+            study = STUDY_A if name in (A1, A2) else STUDY_B
+            image.study_uid = study
+            image.series_uid = f"{study}.{'1' if name in (A1, B1) else '2'}"
+            image.sop_instance_uid = name.rsplit("/", 1)[-1].removesuffix(".dcm")
+            image.sop_class_uid = "1.2.840.10008.5.1.4.1.1.1.1"
+            image.calling_ae = "MODALITY_7"
+            image.modality, image.body_part = "DX", "HAND"
+            if name in states:
+                prediction = session.scalars(
+                    select(Prediction).where(Prediction.image_id == image.id)
+                ).one()
+                session.add(
+                    DicomExport(
+                        prediction_id=prediction.id,
+                        image_id=image.id,
+                        destination=DESTINATION,
+                        **states[name],
+                    )
+                )
+    return ids
+
+
+def page_text(at: AppTest) -> str:
+    """What the page says, table cells and metrics included."""
+    cells = [d.value.to_csv() for d in at.dataframe]
+    metrics = [f"{m.label} {m.value}" for m in at.metric]
+    return "\n".join([texts(at), *cells, *metrics])
+
+
+def exports_by_image(ids: dict[str, int]) -> dict[str, tuple[str, int]]:
+    factory = make_session_factory(make_engine(settings().resolved_database_url))
+    with factory() as session:
+        rows = session.scalars(select(DicomExport)).all()
+    names = {image_id: name for name, image_id in ids.items()}
+    return {names[e.image_id]: (e.state, e.attempts) for e in rows}
+
+
+def test_browse_groups_dicom_instances_by_study_and_filters_by_send_state(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRACTURE_DICOM_DESTINATION", DESTINATION)
+    seed_dicom()
+    at = app().run()
+    at.switch_page("views/browse.py").run()
+    assert_clean(at)
+    table = at.dataframe[0].value
+    study = dict(zip(table["File"], table["Study"], strict=True))
+    assert study == {
+        A1: "…" + STUDY_A[-12:],
+        A2: "…" + STUDY_A[-12:],
+        B1: "…" + STUDY_B[-12:],
+        B2: "…" + STUDY_B[-12:],
+        "ward1/hand.jpg": "—",
+    }
+    sent = dict(zip(table["File"], table["PACS"], strict=True))
+    assert sent == {A1: "sent", A2: "pending", B1: "failed", B2: "", "ward1/hand.jpg": ""}
+
+    at.multiselect(key="f-sources").select("dicom").run()
+    assert sorted(table_files(at)) == sorted([A1, A2, B1, B2])
+    assert set(at.dataframe[0].value["Source"]) == {"DICOM network"}
+    study_filter = at.selectbox(key="f-study")
+    # Newest study first (B's instances came last), each with its instances and latest arrival.
+    assert [option.split(" · ")[:2] for option in study_filter.options] == [
+        [f"…{STUDY_B[-12:]}", "2 instances"],
+        [f"…{STUDY_A[-12:]}", "2 instances"],
+    ]
+    study_filter.set_value(STUDY_A).run()
+    assert_clean(at)
+    assert sorted(table_files(at)) == [A1, A2]
+    assert "**2** matching rows" in texts(at)
+
+    next(b for b in at.sidebar.button if b.label == "Clear filters").click().run()
+    assert at.selectbox(key="f-study").value is None and len(table_files(at)) == 5
+    at.multiselect(key="f-export").select(ExportState.FAILED).run()
+    assert table_files(at) == [B1]
+    at.multiselect(key="f-export").select(browse.NOT_EXPORTED).run()
+    assert sorted(table_files(at)) == [B1, B2, "ward1/hand.jpg"]
+    assert_clean(at)
+    assert PATIENT_NAME not in page_text(at)
+
+
+def test_record_view_shows_the_study_and_each_results_send_state(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRACTURE_DICOM_DESTINATION", DESTINATION)
+    ids = seed_dicom()
+    at = app().run()
+    at.switch_page("views/browse.py").run()
+
+    at.number_input(key="open-image").set_value(ids[A1]).run()
+    assert_clean(at)
+    page = page_text(at)
+    assert f"Study UID <code>{STUDY_A}</code>" in page
+    assert f"Series UID <code>{STUDY_A}.1</code>" in page
+    assert f"SOP instance UID <code>{STUDY_A}.1</code>" in page
+    assert "Sent by AE title <code>MODALITY_7</code>" in page
+    assert "**1** other instance in this study" in page
+    others = next(d.value for d in at.dataframe if "Series" in d.value.columns)
+    assert list(others["Image"]) == [ids[A2]] and list(others["Series"]) == [
+        "…" + f"{STUDY_A}.2"[-12:]
+    ]
+    assert f"to <code>{DESTINATION}</code>" in page
+    assert f"seed_cnn-test: sent to PACS at 2026-03-10 12:00 UTC ({DESTINATION})" in page
+    assert not any(b.label == "Send again" for b in at.button)
+
+    at.number_input(key="open-image").set_value(ids[A2]).run()
+    assert (
+        "seed_cnn-test: pending — attempt 3 of 10, next try at 2099-01-01 08:30 UTC: "
+        f"destination {DESTINATION} unreachable" in page_text(at)
+    )
+
+    at.number_input(key="open-image").set_value(ids[B2]).run()
+    assert f"seed_cnn-test: not queued yet for {DESTINATION}" in page_text(at)
+
+    at.number_input(key="open-image").set_value(ids[B1]).run()
+    assert_clean(at)
+    assert (
+        "seed_cnn-test: failed after 10 attempt(s): destination refused SR object: status 0xA700"
+        in page_text(at)
+    )
+    next(b for b in at.button if b.label == "Send again").click().run()
+    assert_clean(at)
+    page = page_text(at)
+    assert "1 result(s) queued again." in page and "within a second or so" in page
+    assert (
+        "seed_cnn-test: pending — attempt 1 of 10, due now: destination refused SR object: "
+        "status 0xA700" in page
+    )
+    assert not any(b.label == "Send again" for b in at.button)
+    assert exports_by_image(ids)[B1] == (ExportState.PENDING, 0)
+    assert exports_by_image(ids)[A1] == (ExportState.SENT, 1)  # other images untouched
+
+    next(b for b in at.button if b.label == "Show this study in Browse").click().run()
+    assert_clean(at)
+    assert at.selectbox(key="f-study").value == STUDY_B
+    assert sorted(table_files(at)) == [B1, B2]
+    assert PATIENT_NAME not in page_text(at)
+
+    # Without a destination, a result with no export row says why it is not sent.
+    monkeypatch.delenv("FRACTURE_DICOM_DESTINATION")
+    bare = app().run()
+    bare.switch_page("views/browse.py").run()
+    bare.number_input(key="open-image").set_value(ids[B2]).run()
+    assert_clean(bare)
+    assert "seed_cnn-test: not sent: no DICOM destination configured" in page_text(bare)
+    bare.number_input(key="open-image").set_value(ids["ward1/hand.jpg"]).run()
+    assert "Results to PACS" not in page_text(bare) and "Study UID <code>" not in page_text(bare)
+
+
+def test_overview_counts_results_sent_to_pacs_and_links_the_failed_ones(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed([("ward1/hand.jpg", 0.6, "watch")])
+    at = app().run()
+    at.switch_page("views/overview.py").run()
+    assert_clean(at)
+    assert "Results to PACS" not in texts(at)  # no destination, nothing ever sent
+
+    seed_dicom()
+    at.run()
+    assert_clean(at)
+    assert "Results to PACS" in texts(at) and "no destination configured now" in texts(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Sent"], metrics["Pending"], metrics["Failed"]) == ("1", "1", "1")
+    assert PATIENT_NAME not in page_text(at)
+
+    next(b for b in at.button if b.label == "Show failed in Browse").click().run()
+    assert_clean(at)
+    assert "Browse predictions" in texts(at)
+    assert at.multiselect(key="f-export").value == [ExportState.FAILED]
+    assert at.selectbox(key="f-model").value == browse.ALL_VERSIONS
+    assert table_files(at) == [B1]

@@ -1,4 +1,5 @@
-"""Dashboard services without Streamlit: upload storage, formats, names, CSV, password, contrast."""
+"""Dashboard services without Streamlit: upload storage, formats, names, CSV, password, contrast,
+the PACS send state in words."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from sqlalchemy import func, select
 
 from dashboard import services
 from db import browse, queries
-from db.models import Image
+from db.models import DicomExport, ExportState, Image
 from db.session import transaction
 from fracture.settings import Settings
 from tests.helpers import sample_images
@@ -291,3 +293,118 @@ def test_only_well_formed_stored_boxes_are_drawn() -> None:
     ]
     assert services.valid_boxes(stored) == [(1.0, 2.0, 3.0, 4.0, 0.5)]
     assert services.valid_boxes(None) == [] and services.valid_boxes("[]") == []
+
+
+# -- results to PACS ---------------------------------------------------------------------------
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+def stamp(moment: datetime | None) -> str:
+    return "?" if moment is None else moment.strftime("%H:%M")
+
+
+def send_text(export: DicomExport | None, destination: str | None = "PACS@pacs:104") -> str:
+    return services.export_text(
+        export, destination=destination, max_attempts=10, now=NOW, when=stamp
+    )
+
+
+def test_each_send_state_reads_as_a_sentence() -> None:
+    sent = DicomExport(state=ExportState.SENT, attempts=2, destination="PACS@pacs:104", sent_at=NOW)
+    assert send_text(sent) == "sent to PACS at 12:00 (PACS@pacs:104)"
+    waiting = DicomExport(
+        state=ExportState.PENDING,
+        attempts=3,
+        error="destination PACS@pacs:104 unreachable",
+        next_attempt_at=NOW + timedelta(seconds=40),
+    )
+    assert send_text(waiting) == (
+        "pending — attempt 4 of 10, next try at 12:00: destination PACS@pacs:104 unreachable"
+    )
+    fresh = DicomExport(state=ExportState.PENDING, attempts=0, next_attempt_at=NOW)
+    assert send_text(fresh) == "pending — attempt 1 of 10, due now"
+    # SQLite hands the time back without a zone: it is UTC all the same.
+    naive = DicomExport(
+        state=ExportState.PENDING, attempts=0, next_attempt_at=datetime(2026, 3, 10, 12, 5)
+    )
+    assert send_text(naive) == "pending — attempt 1 of 10, next try at 12:05"
+    failed = DicomExport(
+        state=ExportState.FAILED,
+        attempts=10,
+        error="gave up after 10 attempt(s): destination refused SR object: status 0xA700",
+    )
+    assert send_text(failed) == (
+        "failed after 10 attempt(s): destination refused SR object: status 0xA700"
+    )
+    assert send_text(None, destination=None) == "not sent: no DICOM destination configured"
+    assert send_text(None).startswith("not queued yet for PACS@pacs:104")
+
+
+def test_pacs_state_shown_for_dicom_images_and_folder_files_when_those_are_sent(
+    settings: Settings,
+) -> None:
+    received = Image(source="dicom", format="DICOM")
+    folder_dicom = Image(source="watch", format="DICOM")
+    jpeg = Image(source="upload", format="jpg")
+    assert services.shows_pacs_state(received, settings, has_exports=False)
+    assert not services.shows_pacs_state(folder_dicom, settings, has_exports=False)
+    assert services.shows_pacs_state(jpeg, settings, has_exports=True)
+    sending_folder = settings.model_copy(update={"dicom_export_folder_files": True})
+    assert services.shows_pacs_state(folder_dicom, sending_folder, has_exports=False)
+    assert not services.shows_pacs_state(jpeg, sending_folder, has_exports=False)
+
+
+@pytest.mark.parametrize(
+    ("uid", "shown"),
+    [
+        ("1.2.826.0.1.3680043.8.498.12345678901234", "…345678901234"),
+        ("1.2.3", "1.2.3"),
+        (None, "—"),
+        ("", "—"),
+    ],
+)
+def test_short_uid_keeps_the_end_where_instances_differ(uid: str | None, shown: str) -> None:
+    assert services.short_uid(uid) == shown
+
+
+def test_csv_export_carries_the_study_and_the_send_state(dashboard: services.Dashboard) -> None:
+    with transaction(dashboard.factory) as session:
+        for index, (name, study, state) in enumerate(
+            [("dicom/x.dcm", "1.2.3.4", ExportState.FAILED), ("ward/y.png", None, None)]
+        ):
+            image, _ = queries.register_image(
+                session=session, sha256=f"{index:064x}", path="/x", filename=name, size=1
+            )
+            image.study_uid = study
+            session.flush()
+            queries.store_batch(
+                session=session,
+                predictions=[
+                    queries.NewPrediction(
+                        image_id=image.id,
+                        model_version="m-1",
+                        label=browse.NEGATIVE_LABEL,
+                        probability=0.3,
+                        threshold=0.5,
+                        batch_size=1,
+                        inference_ms=5.0,
+                    )
+                ],
+                failures={},
+            )
+            if state is not None:
+                session.refresh(image)
+                prediction = image.predictions[0]
+                session.add(
+                    DicomExport(prediction_id=prediction.id, image_id=image.id, state=state)
+                )
+    text = services.export_csv(
+        dashboard.factory, browse.BrowseFilter(), browse.SortKey.FILENAME
+    ).decode()
+    rows = {r["filename"]: r for r in csv.DictReader(io.StringIO(text.split("\n", 1)[1]))}
+    assert (rows["dicom/x.dcm"]["study_uid"], rows["dicom/x.dcm"]["pacs_state"]) == (
+        "1.2.3.4",
+        "failed",
+    )
+    assert (rows["ward/y.png"]["study_uid"], rows["ward/y.png"]["pacs_state"]) == ("", "")

@@ -34,6 +34,11 @@ def test_environment_overrides_defaults_and_arguments_override_environment(
         ({"batch_interval_ms": 0}, "FRACTURE_BATCH_INTERVAL_MS must be between"),
         ({"batch_size": 16, "worker_prefetch": 4}, "batches never fill"),
         ({"device": "tpu"}, "'auto', 'cpu' or 'cuda'"),
+        ({"dicom_destination": "pacs.example.org:104"}, "must look like AET@host:port"),
+        ({"dicom_destination": "PACS@host:99999"}, "must look like AET@host:port"),
+        ({"dicom_ae_title": "A_VERY_LONG_AE_TITLE"}, "1-16 printable ASCII"),
+        ({"dicom_calling_aes": "CT1,BAD\\AE"}, "may not contain a backslash"),
+        ({"dicom_port": 70000}, "FRACTURE_DICOM_PORT must be between 1 and 65535"),
     ],
 )
 def test_invalid_settings_name_the_rule(values: dict[str, object], message: str) -> None:
@@ -43,3 +48,14 @@ def test_invalid_settings_name_the_rule(values: dict[str, object], message: str)
 
 def test_prefetch_defaults_to_two_batches() -> None:
     assert Settings(batch_size=8).prefetch == 16
+
+
+def test_dicom_destination_and_calling_titles_are_parsed() -> None:
+    settings = Settings(dicom_destination="ORTHANC@10.0.0.5:4242", dicom_calling_aes=" CT1, DX2 ,")
+    assert settings.destination is not None
+    assert (settings.destination.ae_title, settings.destination.host) == ("ORTHANC", "10.0.0.5")
+    assert (
+        settings.destination.port == 4242 and str(settings.destination) == "ORTHANC@10.0.0.5:4242"
+    )
+    assert settings.calling_ae_titles == ["CT1", "DX2"]
+    assert Settings(dicom_destination="").destination is None

@@ -371,3 +371,20 @@ def test_results_that_gave_up_are_sent_by_dicom_send_retry_failed(
         assert len(orthanc.study_files(study_uid)) == 4
     finally:
         orthanc.stop()
+
+
+def test_five_hundred_instances_over_one_association_are_all_scored(tiny_model: Path) -> None:
+    """`fracture bench --dicom`: storescu → listener → worker; the figures are printed."""
+    import json
+
+    from tests.helpers import fracture_cli, fracture_env
+
+    completed = subprocess.run(
+        [*fracture_cli("bench", "--dicom", "--json", "--n", "500"), "--model", str(tiny_model)],
+        env=fracture_env(device="cpu"), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    print(f"DICOM bench (tiny model): {result}")
+    assert result["n"] == 500  # the bench fails unless every instance was scored
+    assert 0 < result["scored_ips"] <= result["receive_ips"]

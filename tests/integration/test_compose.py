@@ -420,17 +420,13 @@ def test_compose_services_take_a_drop_to_done_in_postgres(
             for index, path in enumerate(instances):
                 grey = grey_radiograph(images[index])
                 path.write_bytes(dicom_bytes(grey, bits=12))
-            sent = subprocess.run(
-                ["storescu", "-aec", "FRACTURE", "127.0.0.1", port, *map(str, instances)],
-                capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
-            if sent.returncode != 0:  # the listener may still be starting: once more
-                wait_for(lambda: "DICOM listener" in stack.log("dicom"), 60, 0.5)
-                sent = subprocess.run(
-                    ["storescu", "-aec", "FRACTURE", "127.0.0.1", port, *map(str, instances)],
-                    capture_output=True, text=True, timeout=60, check=False,
-                )  # fmt: skip
-            assert sent.returncode == 0, sent.stderr + stack.diagnose("dicom")
+            command = ["storescu", "-aec", "FRACTURE", "127.0.0.1", port, *map(str, instances)]
+
+            def sent() -> bool:  # refused until the listener has started
+                result = subprocess.run(command, capture_output=True, timeout=60, check=False)
+                return result.returncode == 0
+
+            assert wait_for(sent, 90, 1.0), stack.diagnose("dicom")
             total = len(images) + len(instances)
             settled = wait_for(lambda: stack.status_counts() == {"done": total}, 120, 0.5)
             assert settled, f"{stack.status_counts()}\n{stack.diagnose('worker', 'dicom')}"

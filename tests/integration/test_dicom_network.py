@@ -278,7 +278,7 @@ def test_destination_down_then_up_every_result_is_sent_once(
 def test_listener_killed_mid_association_loses_nothing_it_acknowledged(
     tmp_path: Path, broker_url: str, tiny_model: Path
 ) -> None:
-    files = study_files(tmp_path / "study", 40)
+    files = study_files(tmp_path / "study", 120)
     with gateway(tmp_path, broker_url, tiny_model) as (p, port):
         result: dict[str, subprocess.CompletedProcess[str]] = {}
         sender = threading.Thread(target=lambda: result.update(first=storescu(port, files)))
@@ -288,7 +288,7 @@ def test_listener_killed_mid_association_loses_nothing_it_acknowledged(
         sender.join(timeout=120)
         first = result["first"]
         acknowledged = (first.stdout + first.stderr).count("Received Store Response (Success)")
-        assert first.returncode != 0 and 10 <= acknowledged < 40
+        assert first.returncode != 0 and 10 <= acknowledged < len(files)
         assert wait_for(
             lambda: counts(p).get("done", 0) >= acknowledged and p.settled(sum(counts(p).values())),
             120,
@@ -300,7 +300,7 @@ def test_listener_killed_mid_association_loses_nothing_it_acknowledged(
         assert wait_for(lambda: _listening(port), 60), p.logs()
         again = storescu(port, files)  # the whole study again
         assert again.returncode == 0, again.stderr[-2000:]
-        assert wait_for(lambda: counts(p).get("done") == 40, 180), (counts(p), p.logs())
+        assert wait_for(lambda: counts(p).get("done") == len(files), 180), (counts(p), p.logs())
         assert set(p.predictions_per_image().values()) == {1}
 
 

@@ -163,14 +163,14 @@ class StoreHandler:
             return self._keep_malformed(
                 encoded, sha, "no valid SOP Instance UID: cannot be told apart", calling_ae
             )
-        with self.factory() as session:
-            known = queries.image_by_sop_instance(session=session, sop_instance_uid=sop_uid)
-        if known is not None:
-            log.info("instance %s already received (image %d)", sop_uid, known.id)
-            return SUCCESS
         study = instance.identity.study_uid or "no-study"
         path = self.directory / study / f"{sop_uid}.dcm"
         try:
+            with self.factory() as session:
+                known = queries.image_by_sop_instance(session=session, sop_instance_uid=sop_uid)
+            if known is not None:
+                log.info("instance %s already received (image %d)", sop_uid, known.id)
+                return SUCCESS
             write_durably(path, encoded)
             entry = self._entry(path, sha, len(encoded), instance.identity)
             client.register(self.app, self.factory, [entry], source=ImageSource.DICOM)

@@ -80,3 +80,20 @@ def test_stored_instances_are_private_to_the_service(tmp_path: Path) -> None:
     assert target.read_bytes() == b"data" and not list(target.parent.glob("*.part"))
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700
+
+
+def test_an_instance_that_cannot_be_stored_asks_the_sender_to_retry(tmp_path: Path) -> None:
+    """The database is unreachable: no Success, but Out of Resources (A700), so the sender
+    keeps the instance and tries again."""
+    from db.session import make_engine, make_session_factory
+    from fracture.settings import Settings
+    from pacs.listen import OUT_OF_RESOURCES, StoreHandler
+    from worker.app import make_celery
+
+    broken = make_session_factory(make_engine(f"sqlite:///{tmp_path / 'missing' / 'x.db'}"))
+    handler = StoreHandler(
+        directory=tmp_path / "dicom",
+        app=make_celery(Settings(), "redis://127.0.0.1:1/0"),  # never reached
+        factory=broken,
+    )
+    assert handler.store(dicom_bytes(_grey(), bits=12), "CT1") == OUT_OF_RESOURCES

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         False, description="also send results for DICOM files dropped in the folder"
     )
 
+    restart_limit: int = Field(
+        5, description="`fracture up` restarts a child this often within the window, then gives up"
+    )
+    restart_window_s: float = Field(60.0, description="the window restart_limit counts in")
+
     patient_salt: SecretStr | None = Field(
         None, description="secret salt: DICOM patient IDs are kept only as a salted hash"
     )

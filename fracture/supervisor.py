@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -47,7 +49,9 @@ def child_environment(settings: Settings, broker_url: str) -> dict[str, str]:
 
 
 def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
-    """Start everything, wait for Ctrl-C / SIGTERM or a child's death, stop everything."""
+    """Start everything and keep it running until Ctrl-C / SIGTERM: a child that dies is
+    restarted with backoff (the private broker too, on its port and data); one that keeps dying
+    stops everything, except the dashboard, which is left stopped while intake goes on."""
     settings.ensure_dirs()
     upgrade(settings.resolved_database_url)
     if not settings.resolved_model_path.is_file():
@@ -81,14 +85,12 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
 
-    children: dict[str, subprocess.Popen[bytes]] = {}
+    restarts = Restarts(settings.restart_limit, settings.restart_window_s)
+    children = {name: Child(name, command) for name, command in commands.items()}
     status = 0
     try:
-        for name, command in commands.items():
-            children[name] = subprocess.Popen(
-                command, env=env, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL
-            )
-            log.info("started %s (pid %d)", name, children[name].pid)
+        for child in children.values():
+            child.start(env)
         log.info("inbox: %s", settings.inbox.resolve())
         if "dicom" in children:
             log.info(
@@ -101,21 +103,102 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
             log.info("dashboard: http://localhost:%d", settings.dashboard_port)
         log.info("press Ctrl-C to stop. Decision support only, not for clinical use.")
         while not stopping:
-            for name, child in children.items():
-                code = child.poll()
+            now = time.monotonic()
+            if broker is not None and broker.process is not None:
+                code = broker.process.poll()
                 if code is not None:
-                    log.error("%s exited with status %d; stopping everything", name, code)
-                    status = code or 1
-                    stopping = True
+                    if not restarts.allow("broker", now):
+                        log.error("the broker keeps failing; stopping everything")
+                        status, stopping = 1, True
+                        break
+                    log.error("broker exited with status %d; restarting it", code)
+                    try:
+                        broker.start()  # same port and data: clients reconnect
+                    except RuntimeError as exc:
+                        log.error("broker restart failed: %s", exc)
+            for child in children.values():
+                outcome = child.check(env, now, restarts)
+                if outcome == "fatal":
+                    status, stopping = 1, True
                     break
             time.sleep(0.5)
     finally:
-        _stop_children(children)
+        _stop_children({n: c.process for n, c in children.items() if c.process is not None})
         if broker is not None:
             (settings.broker_dir / URL_FILE).unlink(missing_ok=True)
             broker.stop()
         log.info("stopped")
     return status
+
+
+# Giving up on these leaves intake (watcher, worker, DICOM listener) running.
+OPTIONAL_CHILDREN = frozenset({"dashboard"})
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+class Restarts:
+    """Crash times per child: a child that dies more than `limit` times within `window_s`
+    is given up on; before that, restarts wait 0.5 s, 1 s, 2 s, … (at most 30 s)."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._crashes: dict[str, deque[float]] = {}
+
+    def allow(self, name: str, now: float) -> bool:
+        crashes = self._crashes.setdefault(name, deque())
+        crashes.append(now)
+        while crashes and now - crashes[0] > self.window_s:
+            crashes.popleft()
+        return len(crashes) <= self.limit
+
+    def delay(self, name: str) -> float:
+        count = len(self._crashes.get(name, ()))
+        return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** max(0, count - 1))
+
+
+@dataclass
+class Child:
+    """One supervised process: started, watched, restarted with backoff or given up on."""
+
+    name: str
+    command: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restart_at: float | None = None
+    given_up: bool = False
+
+    def start(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            self.command, env=env, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL
+        )
+        self.restart_at = None
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def check(self, env: dict[str, str], now: float, restarts: Restarts) -> str:
+        """ "running", "restarting", "given up" or "fatal" (stop everything)."""
+        if self.given_up:
+            return "given up"
+        if self.process is None:
+            if self.restart_at is not None and now >= self.restart_at:
+                self.start(env)
+            return "restarting"
+        code = self.process.poll()
+        if code is None:
+            return "running"
+        self.process = None
+        if not restarts.allow(self.name, now):
+            window = f"{restarts.limit + 1} exits within {restarts.window_s:.0f} s"
+            if self.name in OPTIONAL_CHILDREN:
+                log.error("%s keeps failing (%s); left stopped, intake goes on", self.name, window)
+                self.given_up = True
+                return "given up"
+            log.error("%s keeps failing (%s); stopping everything", self.name, window)
+            return "fatal"
+        delay = restarts.delay(self.name)
+        log.error("%s exited with status %d; restarting it in %.1f s", self.name, code, delay)
+        self.restart_at = now + delay
+        return "restarting"
 
 
 def _stop_children(children: dict[str, subprocess.Popen[bytes]], timeout: float = 30.0) -> None:

@@ -14,7 +14,7 @@ from tests.helpers import fracture_cli, fracture_env, make_distinct_images, wait
 
 
 def _start(
-    tmp_path: Path, model: Path, **settings: str | int
+    tmp_path: Path, model: Path, *, dashboard: bool = False, **settings: str | int
 ) -> tuple[subprocess.Popen[bytes], Path]:
     log = tmp_path / "up.log"
     env = fracture_env(
@@ -25,7 +25,7 @@ def _start(
         **settings,
     )
     process = subprocess.Popen(
-        fracture_cli("up", "--no-dashboard"),
+        fracture_cli("up", "--dashboard" if dashboard else "--no-dashboard"),
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -111,3 +111,69 @@ def test_children_do_not_outlive_a_killed_up(tmp_path: Path, tiny_model: Path, s
     process.wait(timeout=10)
     _gone, alive = psutil.wait_procs(children, timeout=30)
     assert alive == [], [p.cmdline() for p in alive]
+
+
+def _child(up: subprocess.Popen[bytes], word: str) -> psutil.Process | None:
+    found = [p for p in _descendants(up.pid) if word in " ".join(p.cmdline())]
+    return found[0] if found else None
+
+
+def _all_done(tmp_path: Path, count: int) -> bool:
+    rows = _results(tmp_path)
+    return len(rows) == count and all(r["status"] == "done" for r in rows)
+
+
+def test_a_killed_worker_and_a_killed_broker_are_restarted_and_the_drop_gets_done(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    process, log = _start(tmp_path, tiny_model)
+    try:
+        worker = _child(process, "fracture worker")
+        assert worker is not None
+        worker.kill()
+        restarted = lambda: "worker exited with status -9; restarting it" in log.read_text()  # noqa: E731
+        assert wait_for(restarted, timeout=30), log.read_text()[-3000:]
+        new = lambda: getattr(_child(process, "fracture worker"), "pid", worker.pid) != worker.pid  # noqa: E731
+        assert wait_for(new, 30)
+        make_distinct_images(tmp_path / "inbox", 4)
+        assert wait_for(lambda: _all_done(tmp_path, 4), 120, 1), log.read_text()[-3000:]
+
+        broker = _child(process, "valkey-server")
+        assert broker is not None
+        broker.kill()
+        broker_back = lambda: "broker exited with status -9; restarting it" in log.read_text()  # noqa: E731
+        assert wait_for(broker_back, timeout=30), log.read_text()[-3000:]
+        assert process.poll() is None  # nothing else was stopped
+        make_distinct_images(tmp_path / "more", 7)
+        for path in sorted((tmp_path / "more").iterdir())[4:]:
+            path.rename(tmp_path / "inbox" / path.name)
+        assert wait_for(lambda: _all_done(tmp_path, 7), 150, 1), log.read_text()[-3000:]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=90)
+
+
+def test_a_dashboard_that_cannot_start_is_left_stopped_and_intake_goes_on(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    import socket
+
+    from fracture.broker import free_port
+
+    port = free_port()
+    with socket.socket() as taken:  # the dashboard's port is already in use
+        taken.bind(("0.0.0.0", port))
+        taken.listen()
+        process, log = _start(
+            tmp_path, tiny_model, dashboard=True, dashboard_port=port, restart_limit=1
+        )
+        try:
+            given_up = lambda: "dashboard keeps failing" in log.read_text()  # noqa: E731
+            assert wait_for(given_up, timeout=120, interval=1), log.read_text()[-3000:]
+            assert "left stopped, intake goes on" in log.read_text()
+            make_distinct_images(tmp_path / "inbox", 3)
+            assert wait_for(lambda: _all_done(tmp_path, 3), 120, 1), log.read_text()[-3000:]
+            assert process.poll() is None
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=90)

@@ -382,3 +382,37 @@ def list_images(*, session: Session, limit: int = 50, status: str | None = None)
 
 def latest_prediction(image: Image) -> Prediction | None:
     return max(image.predictions, key=lambda p: p.created_at, default=None)
+
+
+def images_to_retry(
+    *,
+    session: Session,
+    reason: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100_000,
+) -> list[int]:
+    """Failed images, oldest first: all, those whose error contains `reason` (any case), and
+    received at or after `since` (timezone-aware)."""
+    if since is not None and since.tzinfo is None:
+        raise ValueError("since must be timezone-aware (UTC)")
+    query = select(Image.id).where(Image.status == ImageStatus.FAILED)
+    if reason:
+        query = query.where(Image.error.ilike(f"%{reason}%"))
+    if since is not None:
+        query = query.where(Image.received_at >= since)
+    return list(session.scalars(query.order_by(Image.id).limit(limit)))
+
+
+def requeue(*, session: Session, image_ids: Sequence[int]) -> int:
+    """Failed images back to `queued` with a clean slate (error, attempts), not yet sent."""
+    ids = list(image_ids)
+    if not ids:
+        return 0
+    result = session.execute(
+        update(Image)
+        .where(Image.id.in_(ids), Image.status == ImageStatus.FAILED)
+        .values(
+            status=ImageStatus.QUEUED, error=None, attempts=0, enqueued_at=None, updated_at=utcnow()
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -402,9 +402,24 @@ def _answer(verdict: str | None, label: str) -> str:
 def bench(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     images: Annotated[
-        Path | None, typer.Option(help="folder of radiographs (default: shipped samples)")
+        Path | None,
+        typer.Option(help="folder of images in any format the pipeline reads (default: samples)"),
     ] = None,
-    n: Annotated[int, typer.Option(min=1, help="images, cycled from the folder")] = 1024,
+    realistic: Annotated[
+        bool,
+        typer.Option(
+            "--realistic",
+            help="hospital-size files made from the samples (3,000 px 12-bit DICOM, JPEG 2000, "
+            "2,500 px 16-bit PNG), and the small samples through the pipeline in the same run",
+        ),
+    ] = False,
+    formats: Annotated[
+        str, typer.Option(help="with --realistic: a comma-separated mix of dicom, dicom-j2k, png16")
+    ] = "dicom,dicom-j2k,png16",
+    n: Annotated[
+        int | None,
+        typer.Option(min=1, help="images, cycled from the folder [default: 1024; 128 realistic]"),
+    ] = None,
     device: DeviceOpt = None,
     runtime: Annotated[
         str | None, typer.Option(help="auto | torch | onnx [FRACTURE_RUNTIME]")
@@ -435,12 +450,23 @@ def bench(
     setup_logging("WARNING")
     if images is not None and not images.is_dir():
         raise UserError(f"--images must be a folder of radiographs: {images}")
+    if images is not None and realistic:
+        raise UserError("--images and --realistic are two different input sets: give one")
+    mix: tuple[str, ...] = ()
+    if realistic:
+        from bench.realistic import parse_formats
+
+        try:
+            mix = parse_formats(formats)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+    count = n if n is not None else (128 if realistic else 1024)
     if dicom:
         from bench import dicom as dicom_bench
 
         try:
             found = dicom_bench.run(
-                n=n,
+                n=count,
                 model=settings.resolved_model_path,
                 device=settings.device,
                 batch_size=settings.batch_size,
@@ -452,7 +478,7 @@ def bench(
     try:
         result = benchmark.run(
             images=images,
-            n=n,
+            n=count,
             device=settings.device,
             runtime=settings.runtime,
             model=settings.resolved_model_path,
@@ -462,6 +488,7 @@ def bench(
             trickle=trickle,
             sweep=sweep,
             plot=plot if sweep else None,
+            realistic=mix,
         )
     except (ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from exc
@@ -580,6 +607,58 @@ def rescore(
     finally:
         celery.close()
     typer.echo(f"queued {len(ids)} {scope} image(s) for model {version}{skipped}{waiting}")
+
+
+@app.command()
+def retry(
+    reason: Annotated[
+        str | None, typer.Option(help="only failed images whose error contains this text")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="only images received on or after this ISO date or date-time (local)"),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only count the images that would be queued")
+    ] = False,
+    data_dir: DataOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Queue failed images again (e.g. a file that was moved out and back, or a decoder fixed
+    since): their error and attempts are cleared and the workers score them."""
+    from db import queries
+    from db.migrate import upgrade
+    from db.session import make_engine, make_session_factory, transaction
+
+    since_moment = _parse_since(since) if since is not None else None
+    settings = build_settings(data_dir=data_dir, database_url=database_url)
+    setup_logging("WARNING")
+    upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    factory = make_session_factory(engine)
+    scope = "failed" + (f" ({reason!r})" if reason else "") + (f" since {since}" if since else "")
+    try:
+        with factory() as session:
+            ids = queries.images_to_retry(session=session, reason=reason, since=since_moment)
+        if dry_run or not ids:
+            typer.echo(f"{'would queue' if dry_run else 'queued'} {len(ids)} {scope} image(s)")
+            return
+        from worker import client
+        from worker.app import make_celery
+
+        broker_url = _rescore_broker_url(settings)
+        with transaction(factory) as session:
+            queued = queries.requeue(session=session, image_ids=ids)
+        celery = make_celery(settings, broker_url)
+        try:
+            # Rows left unsent (broker down) are sent by the watcher's sweeper.
+            sent = client.enqueue(celery, factory, ids)
+        finally:
+            celery.close()
+    finally:
+        engine.dispose()
+    later = "" if sent else " (broker unreachable: the sweeper sends them once it is up)"
+    typer.echo(f"queued {queued} {scope} image(s){later}")
 
 
 @db_app.command("upgrade")

@@ -24,6 +24,7 @@ from watchdog.observers.polling import PollingObserver
 from db import queries
 from db.session import transaction
 from worker import client
+from worker.files import special_kind
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,10 @@ class Watcher:
                 _displayable(str(path)),
                 ("file name is not valid UTF-8 (rename the file to score it): not read"),
             )
+        kind = special_kind(os.stat(path).st_mode)
+        if kind is not None:  # a FIFO would block the reader for good; a device never ends
+            digest = hashlib.sha256(f"skipped-{kind}:{relative}".encode()).hexdigest()
+            return digest, 0, str(path), f"not a regular file ({kind}): skipped, not read"
         if path.is_symlink():
             target = path.resolve()
             if not target.is_relative_to(self.inbox):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from db.session import transaction
 from model import regions
 from model.decode import DecodeError
 from model.inference import Classifier, Prepared, Result
+from worker.files import special_kind
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ class Claimed:
 def read_verified(path: str, sha256: str) -> bytes:
     """The file's bytes, provided they are still the bytes that were registered."""
     try:
+        kind = special_kind(os.stat(path).st_mode)
+        if kind is not None:  # opening a FIFO would block the worker
+            raise DecodeError(f"not a regular file ({kind}): not read")
         data = Path(path).read_bytes()
     except FileNotFoundError as exc:
         raise DecodeError("file was deleted or moved before it could be processed") from exc

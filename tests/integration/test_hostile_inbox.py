@@ -145,3 +145,62 @@ def test_a_file_name_that_is_not_utf8_does_not_block_the_files_dropped_with_it(
         assert len(odd) == 1, [row.filename for row in p.rows()]
         assert odd[0].filename == "\\xe9paule gauche.jpg"
         assert odd[0].status == "failed" and "not valid UTF-8" in (odd[0].error or "")
+
+
+def test_a_fifo_and_a_socket_in_the_inbox_are_recorded_and_skipped_and_block_nothing(
+    tmp_path: Path, broker_url: str, tiny_model: Path
+) -> None:
+    """Opening a FIFO blocks until a writer comes: it must never be opened, before or after a
+    restart; the files beside it are scored."""
+    import socket
+
+    sources = sorted((Path(__file__).parents[1] / "fixtures").glob("*.jpg"))
+    with pipeline(tmp_path, broker_url, tiny_model) as p:
+        os.mkfifo(p.inbox / "scan.jpg")
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(p.inbox / "scan2.jpg"))
+        (p.inbox / "folder.jpg").mkdir()  # a directory with an image's name
+        for source in sources[:3]:
+            shutil.copy(source, p.inbox / source.name)
+        p.start("worker")
+        p.start("watch")
+        assert wait_for(lambda: p.settled(5), timeout=60), (p.counts(), p.logs())
+        rows = {row.filename: row for row in p.rows()}
+        assert rows["scan.jpg"].status == "failed"
+        assert rows["scan.jpg"].error == "not a regular file (FIFO): skipped, not read"
+        assert "(socket)" in (rows["scan2.jpg"].error or "")
+        assert p.counts() == {"done": 3, "failed": 2} and p.alive(), p.logs()
+        server.close()
+
+
+def test_fracture_retry_queues_failed_images_again(
+    tmp_path: Path, broker_url: str, tiny_model: Path
+) -> None:
+    """A file moved out of the inbox before it was scored fails; moved back, `fracture retry
+    --reason moved` scores it."""
+    import subprocess
+
+    from tests.helpers import fracture_cli
+
+    source = sorted((Path(__file__).parents[1] / "fixtures").glob("*.jpg"))[0]
+    with pipeline(tmp_path, broker_url, tiny_model) as p:
+        p.start("watch")  # no worker yet: the file waits, queued
+        shutil.copy(source, p.inbox / "a.jpg")
+        assert wait_for(lambda: p.counts() == {"queued": 1}, timeout=15), p.logs()
+        shutil.move(p.inbox / "a.jpg", tmp_path / "a.jpg")
+        p.start("worker")
+        assert wait_for(lambda: p.counts() == {"failed": 1}, timeout=60), p.logs()
+        assert "deleted or moved" in (p.rows()[0].error or "")
+        shutil.move(tmp_path / "a.jpg", p.inbox / "a.jpg")
+
+        def retry(*args: str) -> str:
+            done = subprocess.run(
+                fracture_cli("retry", *args), env=p.env, capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        assert "queued 0 failed ('decoder') image(s)" in retry("--reason", "decoder")
+        assert "would queue 1" in retry("--reason", "MOVED", "--dry-run")
+        assert "queued 1 failed ('moved') image(s)" in retry("--reason", "moved")
+        assert wait_for(lambda: p.counts() == {"done": 1}, timeout=60), p.logs()

@@ -416,3 +416,54 @@ def requeue(*, session: Session, image_ids: Sequence[int]) -> int:
         )
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# Failures a file can recover from by being there again, unchanged or complete.
+TRANSIENT_ERRORS = ("deleted or moved", "replaced after it was registered", "cannot read file")
+
+
+def reattach(*, session: Session, new: NewImage) -> int | None:
+    """A settled file that belongs to an existing, unfinished row: its id, queued again.
+
+    - The same bytes as a row that failed for a transient reason (moved out before it was
+      read, then back in): the row is retried.
+    - Other bytes at the path of a row still waiting in the queue, or failed (a writer that
+      appended after the file was registered, or a broken file replaced by a good one): the
+      row takes the new bytes, so the finished file is one row.
+    None when neither applies (a new file, a duplicate of a finished image, or a row a worker
+    is reading right now). The update is conditional, so a worker claiming the row at the same
+    moment wins and the file is registered as new instead."""
+    row = session.scalar(select(Image).where(Image.sha256 == new.sha256))
+    if row is None:
+        row = session.scalar(
+            select(Image)
+            .where(Image.path == new.path, Image.source == ImageSource.WATCH)
+            .order_by(Image.id.desc())
+            .limit(1)
+        )
+        if row is None or row.status not in (ImageStatus.QUEUED, ImageStatus.FAILED):
+            return None
+    elif not _transient(row):
+        return None
+    result = session.execute(
+        update(Image)
+        .where(Image.id == row.id, Image.sha256 == row.sha256, Image.status == row.status)
+        .values(
+            sha256=new.sha256,
+            bytes=new.size,
+            path=new.path,
+            status=ImageStatus.QUEUED,
+            error=None,
+            attempts=0,
+            enqueued_at=None,
+            updated_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return row.id if getattr(result, "rowcount", 0) == 1 else None
+
+
+def _transient(row: Image) -> bool:
+    return row.status == ImageStatus.FAILED and any(
+        reason in (row.error or "") for reason in TRANSIENT_ERRORS
+    )

@@ -34,6 +34,11 @@ IGNORED_PATTERNS = (".*", "*.part", "*.tmp", "*~", "*.crdownload", "*.partial")
 # file, chunks of 200 kept a 2-core machine's worker waiting half a second at the start.
 REGISTER_CHUNK = 32
 CLOSED_SETTLE_S = 0.3  # after a close-write or move-in, only a short quiet period is needed
+# Written to (native events) but not closed yet: a copy that pauses with the file open, as
+# stalled SMB/NFS copies do. The writer's close (also when it dies) ends the wait sooner.
+OPEN_SETTLE_S = 60.0
+# Closed, then reopened to append: the writer comes back after each close, so wait longer.
+REOPENED_SETTLE_S = 3.0
 SETTLE_TICK_S = 0.1  # how often pending files are looked at (a stat each)
 
 
@@ -47,6 +52,8 @@ class _Pending:
     signature: tuple[int, int] | None
     changed_at: float
     closed: bool = False
+    writing: bool = False  # written to since the last close-write
+    reopened: bool = False  # written to again after a close: an appending writer
 
 
 def _signature(path: Path) -> tuple[int, int]:
@@ -58,14 +65,16 @@ def _signature(path: Path) -> tuple[int, int]:
 class ArrivalTracker:
     """Decides when a file is complete: unchanged size and mtime for the settle time."""
 
-    def __init__(self, settle_s: float) -> None:
+    def __init__(self, settle_s: float, *, close_events: bool = False) -> None:
         self.settle_s = settle_s
+        self.close_events = close_events  # native events report close-write; polling does not
         self._pending: dict[Path, _Pending] = {}
         self._lock = threading.Lock()
 
-    def touch(self, path: Path, *, closed: bool = False) -> None:
-        """Note an event for `path`. Its size and mtime are read now, so the quiet period counts
-        from the event itself, not from the next look at the pending files."""
+    def touch(self, path: Path, *, closed: bool = False, written: bool = False) -> None:
+        """Note an event for `path`: `closed` a close-write or move-in, `written` a write.
+        Its size and mtime are read now, so the quiet period counts from the event itself, not
+        from the next look at the pending files."""
         now = time.monotonic()
         try:
             signature: tuple[int, int] | None = _signature(path)
@@ -74,12 +83,17 @@ class ArrivalTracker:
         with self._lock:
             entry = self._pending.get(path)
             if entry is None:
-                self._pending[path] = _Pending(signature=signature, changed_at=now, closed=closed)
-                return
-            entry.closed = entry.closed or closed
-            if not closed or signature != entry.signature:
+                entry = _Pending(signature=signature, changed_at=now)
+                self._pending[path] = entry
+            elif not closed or signature != entry.signature:
                 entry.changed_at = now
             entry.signature = signature
+            if closed:
+                entry.closed, entry.writing = True, False
+            elif written:
+                entry.reopened = entry.reopened or entry.closed
+                entry.closed = False
+                entry.writing = self.close_events
 
     def ready(self) -> list[Path]:
         """Paths whose size and mtime have been stable long enough; removes them."""
@@ -100,13 +114,21 @@ class ArrivalTracker:
                 entry.signature = signature
                 entry.changed_at = now
                 continue
-            quiet = CLOSED_SETTLE_S if entry.closed else self.settle_s
-            if now - entry.changed_at >= quiet:
+            if now - entry.changed_at >= self._quiet(entry):
                 done.append(path)
         with self._lock:
             for path in done:
                 self._pending.pop(path, None)
         return done
+
+    def _quiet(self, entry: _Pending) -> float:
+        """How long a file must stay unchanged: short after its writer closed it (unless that
+        writer keeps reopening it to append), long while a writer holds it open."""
+        if entry.closed:
+            return max(self.settle_s, REOPENED_SETTLE_S) if entry.reopened else CLOSED_SETTLE_S
+        if entry.writing:
+            return max(self.settle_s, OPEN_SETTLE_S)
+        return self.settle_s
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -125,7 +147,13 @@ class _InboxHandler(FileSystemEventHandler):
             if event.event_type in ("created", "moved"):
                 self.watcher.scan(path)
             return
-        self.watcher.offer(path, closed=event.event_type in ("closed", "moved"))
+        self.watcher.offer(
+            path,
+            closed=event.event_type in ("closed", "moved"),
+            # "created" alone may be a rename from outside the inbox (complete); writes
+            # show as "modified"
+            written=event.event_type == "modified",
+        )
 
 
 def _utf8_safe(text: str) -> bool:
@@ -169,7 +197,7 @@ class Watcher:
         self.inbox = inbox.resolve()
         self.app = app
         self.factory = factory
-        self.tracker = ArrivalTracker(settle_s)
+        self.tracker = ArrivalTracker(settle_s, close_events=not polling)
         self.polling = polling
         self.sweep_interval_s = sweep_interval_s
         self.stuck_after = timedelta(seconds=stuck_after_s)
@@ -179,10 +207,10 @@ class Watcher:
         self._observer: BaseObserver | None = None
 
     # -- arrival -------------------------------------------------------------------
-    def offer(self, path: Path, *, closed: bool = False) -> None:
+    def offer(self, path: Path, *, closed: bool = False, written: bool = False) -> None:
         if is_ignored(path.relative_to(self.inbox) if path.is_relative_to(self.inbox) else path):
             return
-        self.tracker.touch(path, closed=closed)
+        self.tracker.touch(path, closed=closed, written=written)
 
     def scan(self, root: Path | None = None) -> int:
         """Offer every file under `root` (default: the inbox) — catches files dropped while down."""
@@ -238,10 +266,21 @@ class Watcher:
                 rejection=rejection,
             )
             entries.append((path, entry))
-        registered = client.register(self.app, self.factory, [entry for _, entry in entries])
-        return [
+        with transaction(self.factory) as session:
+            again = {
+                entry.path: image_id
+                for _, entry in entries
+                if not entry.rejection
+                and (image_id := queries.reattach(session=session, new=entry)) is not None
+            }
+        if again:
+            log.info("%d known file(s) re-attached to their rows and queued again", len(again))
+            client.enqueue(self.app, self.factory, list(again.values()))
+        fresh = [(path, entry) for path, entry in entries if entry.path not in again]
+        registered = client.register(self.app, self.factory, [entry for _, entry in fresh])
+        return list(again.values()) + [
             image_id
-            for (_, entry), (image_id, created) in zip(entries, registered, strict=True)
+            for (_, entry), (image_id, created) in zip(fresh, registered, strict=True)
             if created and not entry.rejection
         ]
 

@@ -327,3 +327,40 @@ def test_verdict_doubt_threshold_and_boxes_are_stored_and_read_back(factory) -> 
     assert answered == 2
     with pytest.raises(ValueError, match="choose from fracture, doubt, no_fracture"):
         replace(stored_new[0], verdict="doubtful")
+
+
+def test_a_file_seen_again_reattaches_to_its_unfinished_row_only(factory) -> None:
+    """Same bytes after a transient failure, or new bytes at the path of a queued or failed
+    row: that row is queued again; a finished image or a row being scored is left alone."""
+    from sqlalchemy import update
+
+    from db.models import Image
+
+    moved, _ = _register(factory, "a" * 64, "moved.jpg")
+    growing, _ = _register(factory, "b" * 64, "growing.jpg")
+    finished, _ = _register(factory, "c" * 64, "finished.jpg")
+    busy, _ = _register(factory, "d" * 64, "busy.jpg")
+    with transaction(factory) as session:
+        session.execute(
+            update(Image)
+            .where(Image.id == moved)
+            .values(status="failed", error="file was deleted or moved before it could be processed")
+        )
+        session.execute(update(Image).where(Image.id == finished).values(status="done"))
+        session.execute(update(Image).where(Image.id == busy).values(status="processing"))
+
+    def seen(sha: str, name: str) -> int | None:
+        entry = queries.NewImage(sha256=sha, path=f"/inbox/{name}", filename=name, size=99)
+        with transaction(factory) as session:
+            return queries.reattach(session=session, new=entry)
+
+    assert seen("a" * 64, "moved.jpg") == moved  # moved back in
+    assert seen("e" * 64, "growing.jpg") == growing  # appended to after it was registered
+    assert seen("f" * 64, "finished.jpg") is None
+    assert seen("g" * 64, "busy.jpg") is None
+    assert seen("h" * 64, "new.jpg") is None
+    with factory() as session:
+        rows = {row.id: row for row in session.scalars(select(Image))}
+    assert (rows[moved].status, rows[moved].error) == ("queued", None)
+    assert (rows[growing].sha256, rows[growing].bytes) == ("e" * 64, 99)
+    assert rows[finished].sha256 == "c" * 64 and rows[busy].status == "processing"

@@ -59,16 +59,16 @@ def test_hostile_folder_dropped_at_once_ends_clean(
         (p.inbox / "replaced before decoding.jpg").write_bytes(replacement_image())
 
         p.start("worker")
-        total = len(expected) + 2  # the replaced file: its first version and its new bytes
+        total = len(expected) + 1  # the replaced file: one row, which took the new bytes
         assert wait_for(lambda: p.settled(total), timeout=120), (p.counts(), p.logs())
         assert p.alive(), p.logs()
 
         by_name: dict[str, list[ImageRow]] = defaultdict(list)
         for row in p.rows():
             by_name[row.filename].append(row)
-        replaced = sorted(by_name.pop("replaced before decoding.jpg"), key=lambda r: r.id)
-        assert [r.status for r in replaced] == ["failed", "done"], [r.error for r in replaced]
-        assert "replaced after it was registered" in (replaced[0].error or "")
+        (replaced,) = by_name.pop("replaced before decoding.jpg")
+        assert replaced.status == "done", replaced.error
+        assert replaced.bytes == len(replacement_image())
         assert set(by_name) == set(expected), set(by_name) ^ set(expected)
         predictions = p.predictions_per_image()
         for name, want in expected.items():
@@ -176,22 +176,27 @@ def test_a_fifo_and_a_socket_in_the_inbox_are_recorded_and_skipped_and_block_not
 def test_fracture_retry_queues_failed_images_again(
     tmp_path: Path, broker_url: str, tiny_model: Path
 ) -> None:
-    """A file moved out of the inbox before it was scored fails; moved back, `fracture retry
-    --reason moved` scores it."""
+    """An image that failed for a reason since fixed (here: marked failed as a crashed decoder
+    would leave it) is scored after `fracture retry --reason …`; other reasons are left."""
     import subprocess
 
+    from sqlalchemy import delete, update
+
+    from db.models import Prediction
+    from db.session import transaction
     from tests.helpers import fracture_cli
 
     source = sorted((Path(__file__).parents[1] / "fixtures").glob("*.jpg"))[0]
     with pipeline(tmp_path, broker_url, tiny_model) as p:
-        p.start("watch")  # no worker yet: the file waits, queued
-        shutil.copy(source, p.inbox / "a.jpg")
-        assert wait_for(lambda: p.counts() == {"queued": 1}, timeout=15), p.logs()
-        shutil.move(p.inbox / "a.jpg", tmp_path / "a.jpg")
         p.start("worker")
-        assert wait_for(lambda: p.counts() == {"failed": 1}, timeout=60), p.logs()
-        assert "deleted or moved" in (p.rows()[0].error or "")
-        shutil.move(tmp_path / "a.jpg", p.inbox / "a.jpg")
+        p.start("watch")
+        shutil.copy(source, p.inbox / "a.jpg")
+        assert wait_for(lambda: p.counts() == {"done": 1}, timeout=60), p.logs()
+        with transaction(p.factory) as session:  # as a decoder crash would have left it
+            session.execute(delete(Prediction))
+            session.execute(
+                update(ImageRow).values(status="failed", error="decoder crashed (signal 6)")
+            )
 
         def retry(*args: str) -> str:
             done = subprocess.run(
@@ -200,7 +205,71 @@ def test_fracture_retry_queues_failed_images_again(
             assert done.returncode == 0, done.stderr
             return done.stdout
 
-        assert "queued 0 failed ('decoder') image(s)" in retry("--reason", "decoder")
-        assert "would queue 1" in retry("--reason", "MOVED", "--dry-run")
-        assert "queued 1 failed ('moved') image(s)" in retry("--reason", "moved")
+        assert "queued 0 failed ('moved') image(s)" in retry("--reason", "moved")
+        assert "would queue 1" in retry("--reason", "DECODER", "--dry-run")
+        assert p.counts() == {"failed": 1}
+        assert "queued 1 failed ('decoder') image(s)" in retry("--reason", "decoder")
         assert wait_for(lambda: p.counts() == {"done": 1}, timeout=60), p.logs()
+
+
+def _pausing_writer(source: Path, target: Path, chunks: int, pause: float) -> None:
+    """One open handle, pauses between chunks: a stalled network copy."""
+    data = source.read_bytes()
+    step = len(data) // chunks + 1
+    with target.open("wb") as handle:
+        for start in range(0, len(data), step):
+            handle.write(data[start : start + step])
+            handle.flush()
+            time.sleep(pause)
+
+
+def _appending_writer(source: Path, target: Path, chunks: int, pause: float) -> None:
+    """Reopens the file to append each chunk, as some copy tools and scanners do."""
+    data = source.read_bytes()
+    step = len(data) // chunks + 1
+    for start in range(0, len(data), step):
+        with target.open("ab") as handle:
+            handle.write(data[start : start + step])
+        time.sleep(pause)
+
+
+def test_slow_pausing_and_appending_writers_and_a_file_moved_out_and_back_each_end_as_one_done_row(
+    tmp_path: Path, broker_url: str, tiny_model: Path
+) -> None:
+    import threading
+
+    sources = sorted((Path(__file__).parents[1] / "fixtures").glob("*.jpg"))
+    with pipeline(tmp_path, broker_url, tiny_model) as p:
+        p.start("worker")
+        p.start("watch")
+        assert wait_for(lambda: "watching" in p.logs(), timeout=60), p.logs()
+        paused = (sources[0], p.inbox / "paused.jpg", 4, 2.0)  # 2 s pauses, file held open
+        appended = (sources[1], p.inbox / "appended.jpg", 8, 0.5)  # reopened every 0.5 s
+        writers = [
+            threading.Thread(target=_pausing_writer, args=paused),
+            threading.Thread(target=_appending_writer, args=appended),
+        ]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+        assert wait_for(lambda: p.counts() == {"done": 2}, timeout=90), (p.counts(), p.logs())
+        rows = {row.filename: row for row in p.rows()}
+        assert set(rows) == {"paused.jpg", "appended.jpg"}, [
+            (r.filename, r.error) for r in p.rows()
+        ]
+        assert p.counts() == {"done": 2}, [(r.filename, r.error) for r in p.rows()]
+        for name, source in (("paused.jpg", sources[0]), ("appended.jpg", sources[1])):
+            assert rows[name].bytes == source.stat().st_size  # scored complete
+
+        # moved out before a worker could read it, then back: the same row, retried, done
+        p.processes["worker"].terminate()
+        p.processes["worker"].wait(timeout=60)
+        shutil.copy(sources[2], p.inbox / "moved.jpg")
+        assert wait_for(lambda: p.counts().get("queued") == 1, timeout=30), p.logs()
+        shutil.move(p.inbox / "moved.jpg", tmp_path / "moved.jpg")
+        p.start("worker-2")
+        assert wait_for(lambda: p.counts().get("failed") == 1, timeout=60), p.logs()
+        shutil.move(tmp_path / "moved.jpg", p.inbox / "moved.jpg")
+        assert wait_for(lambda: p.counts() == {"done": 3}, timeout=60), (p.counts(), p.logs())
+        assert len(p.rows()) == 3

@@ -33,14 +33,41 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "tests" / "fixtures"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"}
+# What the pipeline reads (model.decode): these suffixes, and DICOM under any name.
+IMAGE_SUFFIXES = {
+    ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2", ".j2k", ".ppm",
+    ".dcm", ".dicom",
+}  # fmt: skip
 
 
 def sample_files(directory: Path) -> list[Path]:
-    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    """Every image file under `directory` that the pipeline would take (hidden and partial
+    files aside, as the watcher skips them), DICOM files without a suffix included."""
+    from watcher.watch import is_ignored
+
+    files = sorted(
+        path
+        for path in directory.rglob("*")
+        if path.is_file()
+        and not is_ignored(path.relative_to(directory))
+        and (path.suffix.lower() in IMAGE_SUFFIXES or _is_dicom(path))
+    )
     if not files:
-        raise ValueError(f"no images (.jpg, .png, .tif, .bmp, .dcm) under {directory}")
+        raise ValueError(
+            f"no images under {directory} (JPEG, PNG, TIFF, BMP, GIF, WebP, JPEG 2000, PPM "
+            "or DICOM, the last under any name)"
+        )
     return files
+
+
+def _is_dicom(path: Path) -> bool:
+    from model.dicom import is_dicom
+
+    try:
+        with path.open("rb") as handle:
+            return is_dicom(handle.read(132))
+    except OSError:
+        return False
 
 
 def distinct_copies(sources: list[Path], n: int, directory: Path) -> list[Path]:
@@ -51,6 +78,13 @@ def distinct_copies(sources: list[Path], n: int, directory: Path) -> list[Path]:
     for index in range(n):
         source = sources[index % len(sources)]
         target = directory / f"bench_{index:06d}{source.suffix.lower()}"
+        if _is_dicom(source):
+            # Bytes after a DICOM dataset would be read as one more (broken) element.
+            shutil.copyfile(source, target)
+            if index >= len(sources):
+                _give_new_instance_uid(target, index)
+            made.append(target)
+            continue
         data = source.read_bytes()
         if index >= len(sources):
             data += f"\nfracture-bench-copy-{index}".encode()
@@ -59,12 +93,26 @@ def distinct_copies(sources: list[Path], n: int, directory: Path) -> list[Path]:
     return made
 
 
+def _give_new_instance_uid(path: Path, index: int) -> None:
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(path, force=True)
+    uid = generate_uid(entropy_srcs=[str(path), str(index)])
+    ds.SOPInstanceUID = uid
+    if hasattr(ds, "file_meta"):
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.save_as(path)
+
+
 # -- 1. the limit --------------------------------------------------------------------------
 def measure_limit(classifier: Classifier, files: list[Path], batch_size: int) -> float:
     """Forward passes only, on tensors decoded beforehand: the most this machine can do."""
     tensors = [
         p.tensor for p in classifier.prepare_many(files[: batch_size * 4]) if hasattr(p, "tensor")
     ]
+    if not tensors:
+        raise ValueError("none of the images decodes: nothing to measure the model on")
     while len(tensors) < batch_size:
         tensors += tensors
     batch = torch.stack(tensors[:batch_size])
@@ -83,8 +131,9 @@ def measure_naive(
     """The original single-image app: open, resize, run the network as the checkpoint builds it
     (PyTorch, no inference rewrites, default memory format) on a batch of one, repeat. With
     `mirror` it also runs the mirror image and averages, as a flip-TTA checkpoint is defined:
-    the same answers the pipeline gives, got the simple way."""
-    from PIL import Image
+    the same answers the pipeline gives, got the simple way. DICOM is read as a simple app
+    reads it (pydicom's `pixel_array`, stretched to its own range, then resized); a file that
+    neither reads is skipped, as the app would show an error and go on."""
     from torchvision.transforms import functional as TF
 
     preset = classifier.preset
@@ -92,10 +141,9 @@ def measure_naive(
     count, started = 0, time.perf_counter()
     with torch.no_grad():
         for path in files:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB").resize(
-                    (preset.size, preset.size), Image.Resampling.BILINEAR
-                )
+            rgb = _naive_read(path, preset.size)
+            if rgb is None:
+                continue
             tensor = TF.normalize(TF.to_tensor(rgb), list(preset.mean), list(preset.std))
             one = tensor[None].to(classifier.device)
             logit = net(one)[:, 0]
@@ -106,6 +154,26 @@ def measure_naive(
             if time.perf_counter() - started > limit_s:
                 break
     return count / (time.perf_counter() - started)
+
+
+def _naive_read(path: Path, size: int) -> Any:
+    """An RGB `size`×`size` Pillow image, read the simple way; None if it does not read."""
+    import pydicom
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if _is_dicom(path):
+            pixels = pydicom.dcmread(path, force=True).pixel_array.astype(np.float32)
+            low, high = float(pixels.min()), float(pixels.max())
+            grey = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
+            image = Image.fromarray(np.uint8(255 * grey), mode="L")
+        else:
+            image = Image.open(path)
+        with image:
+            return image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (OSError, ValueError, TypeError, AttributeError, UnidentifiedImageError) as exc:
+        log.info("naive loop skips %s: %s", path.name, type(exc).__name__)
+        return None
 
 
 # -- 2. the pipeline -------------------------------------------------------------------------
@@ -301,10 +369,19 @@ def run(
     trickle: int,
     sweep: bool,
     plot: Path | None,
+    realistic: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    """`realistic`: instead of `images`, hospital-size files in these formats made from the
+    samples (`bench.realistic`), plus a pipeline run on as many small sample JPEGs in the same
+    run, for the ratio between the two."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory(prefix="fracture-bench-files-") as tmp:
-        files = distinct_copies(sample_files(images or SAMPLES), n, Path(tmp))
+        if realistic:
+            from bench import realistic as hospital
+
+            files = hospital.make_set(sample_files(SAMPLES), n, Path(tmp) / "set", realistic)
+        else:
+            files = distinct_copies(sample_files(images or SAMPLES), n, Path(tmp))
         # This VM's speed drifts by tens of percent within minutes, so the in-process figures are
         # taken before and after the pipeline run and averaged: the ratios then compare like
         # with like.
@@ -335,6 +412,10 @@ def run(
             "runtime": runtime,
         }
         bulk = run_pipeline(model, device, files, **common)
+        small = None
+        if realistic:
+            small_files = distinct_copies(sample_files(SAMPLES), n, Path(tmp) / "small")
+            small = run_pipeline(model, device, small_files, **common)
         measure_in_process()
         limit, naive = statistics.fmean(limits), statistics.fmean(naives)
         resolved_device = first["device"]
@@ -358,7 +439,16 @@ def run(
             "p99_ms": round(bulk.percentile(99), 1),
             "worker_rss_mb": round(bulk.worker_rss_mb, 1),
             "cpu_percent": round(bulk.cpu_percent, 1),
+            "input_set": "realistic" if realistic else ("images" if images else "samples"),
+            "input_mb_mean": round(statistics.fmean(p.stat().st_size for p in files) / 1e6, 3),
         }
+        if realistic:
+            result["input_formats"] = hospital.describe(realistic)
+        if small is not None:
+            # Both drops in the same run, with the same number of files.
+            result["small_jpeg_pipeline_ips"] = round(small.ips, 2)
+            result["small_jpeg_worker_rss_mb"] = round(small.worker_rss_mb, 1)
+            result["pipeline_over_small_jpeg"] = round(bulk.ips / small.ips, 3)
         if one_pass:
             # The original app scored one pass per image; a flip-TTA model scores two.
             naive_one_pass = statistics.fmean(one_pass)
@@ -453,6 +543,8 @@ def table(result: dict[str, Any]) -> str:
         f"device {result['device']} ({result['machine']}), runtime {result['runtime']}, "
         f"model {result['model_version']}{' with flip TTA' if result['flip_tta'] else ''}, "
         f"{result['n']} images, batch {result['batch_size']}, heatmaps {result['heatmaps']}",
+        f"{'input':<28}{result['input_set']}, {result['input_mb_mean']:.2f} MB a file on average"
+        + (f" ({result['input_formats']})" if "input_formats" in result else ""),
         f"{'limit (forward only)':<28}{result['limit_ips']:>10.1f} img/s   "
         f"(before / after the pipeline: {' / '.join(map(str, result['limit_ips_before_after']))})",
         f"{'pipeline (end to end)':<28}{result['pipeline_ips']:>10.1f} img/s   "
@@ -472,6 +564,13 @@ def table(result: dict[str, Any]) -> str:
         f"{'worker peak RSS':<28}{result['worker_rss_mb']:>10.0f} MB, "
         f"machine CPU {result['cpu_percent']:.0f}%",
     ]
+    if "small_jpeg_pipeline_ips" in result:
+        lines.append(
+            f"{'pipeline, small JPEGs':<28}{result['small_jpeg_pipeline_ips']:>10.1f} img/s   "
+            f"(same run, as many files): realistic set at "
+            f"{result['pipeline_over_small_jpeg']:.2f}×, worker RSS "
+            f"{result['small_jpeg_worker_rss_mb']:.0f} MB"
+        )
     if "trickle_p95_ms" in result:
         lines.append(
             f"{'trickle, 1 file/s':<28}p50 {result['trickle_p50_ms']:.0f} ms, "

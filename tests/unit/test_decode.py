@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from model.decode import DEFAULT_MAX_PIXELS, Decoded, DecodeError, decode
+from model.decode import (
+    DEFAULT_MAX_PIXELS,
+    REDUCING_GAP,
+    Decoded,
+    DecodeError,
+    area_reduce,
+    decode,
+    reduced_size,
+)
 from model.preprocess import Preset
 from tests.helpers import BAD_INPUTS, sample_images
 from tests.make_inputs import (
@@ -242,7 +250,7 @@ def test_pixel_cap_refuses_a_real_decodable_bomb_before_decoding_it() -> None:
     with pytest.raises(DecodeError, match=r"image too large: 6000×5000 = 30,000,000 pixels"):
         decode(data, max_pixels=20_000_000)
     assert DEFAULT_MAX_PIXELS >= 30_000_000
-    assert decode(data, max_pixels=40_000_000).pixels.shape == (5000, 6000)
+    assert decode(data, max_pixels=40_000_000, target_size=None).pixels.shape == (5000, 6000)
 
 
 @pytest.mark.parametrize("path", TRUNCATED, ids=lambda p: p.name)
@@ -279,3 +287,32 @@ def test_non_finite_float_tiff_values_do_not_reach_the_model() -> None:
     values[0, :5] = [np.nan, np.inf, -np.inf, np.nan, 2.0]
     pixels = decode(encoded(Image.fromarray(values, mode="F"), "TIFF")).pixels
     assert np.isfinite(pixels).all() and pixels.min() >= 0.0 and pixels.max() <= 1.0
+
+
+@pytest.mark.parametrize(("width", "height"), [(1200, 900), (1201, 899), (1000, 997)])
+def test_area_reduction_spans_the_whole_image(width: int, height: int) -> None:
+    # The mean of a ramp over an output pixel's area is the ramp at its centre: every output
+    # pixel must cover the same share of the input, edges included (nothing cropped or added).
+    x = np.arange(width, dtype=np.float32) + 0.5
+    y = np.arange(height, dtype=np.float32) + 0.5
+    ramp = x[None, :] / width + 2 * y[:, None] / height
+    size = (300, 225)
+    reduced = area_reduce(ramp, size)
+    centres_x = (np.arange(size[0]) + 0.5) / size[0]
+    centres_y = (np.arange(size[1]) + 0.5) / size[1]
+    np.testing.assert_allclose(reduced, centres_x[None, :] + 2 * centres_y[:, None], atol=1e-4)
+
+
+def test_large_16_bit_png_is_reduced_as_if_stretched_at_full_size() -> None:
+    rng = np.random.default_rng(0)
+    grey = grey_radiograph(size=(1250, 1500)).astype(np.float32)
+    values = np.clip(grey * 200 + 1000 + rng.normal(0, 40, grey.shape), 0, 65535).astype(np.uint16)
+    data = png_bytes(values)
+    full = decode(data, target_size=None).pixels
+    expected = (values - float(values.min())) / float(values.max() - values.min())
+    np.testing.assert_allclose(full, expected, atol=1e-6)
+    reduced = decode(data, target_size=128).pixels
+    size = reduced_size(1250, 1500, 128)
+    assert min(size) >= REDUCING_GAP * 128 and reduced.shape == (size[1], size[0])
+    np.testing.assert_allclose(reduced, area_reduce(expected, size), atol=1e-6)
+    assert decode(data, target_size=128).width == 1250  # the stored size, for boxes

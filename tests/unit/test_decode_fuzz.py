@@ -11,10 +11,12 @@ import io
 from functools import cache
 
 import numpy as np
+import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -22,7 +24,9 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
     JPEGLosslessSV1,
+    JPEGLSLossless,
     RLELossless,
     generate_uid,
 )
@@ -65,6 +69,18 @@ def seeds() -> dict[str, bytes]:
         )
     files["DICOM multi-frame"] = dicom_bytes(grey, frames=2, syntax="rle")
     files["DICOM bare dataset"] = dicom_bytes(grey, preamble=False)
+    # Large enough to be reduced for a 64 px model (the table route, JPEG 2000 at 1/2).
+    large = grey_radiograph(size=(400, 480))
+    files["DICOM reduced"] = dicom_bytes(large, bits=12, photometric="MONOCHROME1")
+    files["DICOM reduced j2k"] = dicom_bytes(large, bits=12, syntax="j2k-lossless")
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(grey, bits=12)))
+    ds.compress(JPEGLSLossless, generate_instance_uid=False)
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    files["DICOM JPEG-LS"] = buffer.getvalue()
+    # 12-bit JPEG Extended that only GDCM reads (pydicom's own test file, 1024×256)
+    with open(get_testdata_file("JPEG-lossy.dcm"), "rb") as handle:  # type: ignore[arg-type]
+        files["DICOM JPEG Extended 12-bit"] = handle.read()
     return files
 
 
@@ -137,6 +153,8 @@ SYNTAX_UIDS = [
     JPEG2000Lossless,
     JPEGLosslessSV1,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSLossless,
 ]
 numbers = st.one_of(
     st.sampled_from([0.0, 1.0, -1.0, 0.5, 1e-30, 1e30, float("nan"), float("inf"), -float("inf")]),

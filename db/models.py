@@ -109,6 +109,8 @@ class Image(Base):
         Index("ix_images_source", "source"),
         Index("ix_images_filename_id", "filename", "id"),
         Index("ix_images_study_uid", "study_uid"),
+        # hash on PostgreSQL: equality is all it serves, and a B-tree refuses paths over ~2.7 KB
+        Index("ix_images_path", "path", postgresql_using="hash"),
         Index("ix_images_sop_instance_uid", "sop_instance_uid", unique=True),
     )
 

@@ -49,7 +49,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
-    JPEGExtended12Bit,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
@@ -106,11 +105,11 @@ ELEMENT_ERRORS = (
     BytesLengthException,
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# pydicom's decoder plugins, tried in this order (then any other available one). GDCM is left
-# out of that chain: pydicom tries it first (alphabetical), it is slower here for JPEG 2000 and
-# writes to stderr, and C++ fed hostile files is kept to the one gap nothing else closes
-# (`_gdcm_frame`). pylibjpeg-rle is 5× faster than pydicom's own RLE decoder, which stays behind
-# it for the corrupt streams that make the Rust decoder panic.
+# pydicom's decoder plugins, tried in this order (then any other available one). GDCM is not
+# used even where installed: fed corrupted 12-bit JPEG it aborts the whole process (SIGABRT, seen
+# in the fuzz test), which would take a worker down. pylibjpeg-rle is 5× faster than
+# pydicom's own RLE decoder, which stays behind it for the corrupt streams that make the Rust
+# decoder panic.
 PREFERRED_PLUGINS: dict[str, tuple[str, ...]] = {
     RLELossless: ("pylibjpeg", "pydicom"),
     JPEGLSLossless: ("pyjpegls", "pylibjpeg"),
@@ -281,13 +280,6 @@ def _first_frame(ds: Dataset, frames: int) -> np.ndarray:
             if type(exc).__name__ != "PanicException":
                 raise
             errors.append((plugin, exc))
-    if uid == JPEGExtended12Bit and (_int(ds, "BitsStored") or 8) > 8:
-        try:
-            return _without_unused_bits(_gdcm_frame(ds, frames), _int(ds, "BitsStored"))
-        except MemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 (raised below as a DecodeError, with the rest)
-            errors.append(("gdcm", exc))
     first = errors[0][1]
     if len(errors) == 1:
         message = _short(first)
@@ -334,41 +326,6 @@ def _decoding_plugins(uid: str | None) -> list[str]:
     available = [name for name in available if name not in EXCLUDED_PLUGINS]
     preferred = [name for name in PREFERRED_PLUGINS.get(str(uid), ()) if name in available]
     return preferred + [name for name in available if name not in preferred] or [""]
-
-
-def _gdcm_frame(ds: Dataset, frames: int) -> np.ndarray:
-    """The first frame of a 12-bit JPEG Extended (process 4) file, through GDCM.
-
-    libjpeg (pylibjpeg) refuses streams whose scan header is out of spec (older CR exports;
-    pydicom's `JPEG-lossy.dcm`), Pillow has no 12-bit JPEG, and pydicom's GDCM plugin declines
-    12-bit JPEG Extended altogether; GDCM's own reader decodes it.
-    """
-    import gdcm
-
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    samples = _int(ds, "SamplesPerPixel") or 1
-    bits = _int(ds, "BitsStored") or 12
-    signed = 1 if _int(ds, "PixelRepresentation") == 1 else 0
-    if samples != 1 or bits > 16:
-        raise ValueError(f"GDCM fallback reads 1 sample of up to 16 bits, not {samples} of {bits}")
-    fragment = gdcm.Fragment()
-    fragment.SetByteStringValue(get_frame(ds.PixelData, 0, number_of_frames=frames))
-    fragments = gdcm.SequenceOfFragments.New()
-    fragments.AddFragment(fragment)
-    element = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
-    element.SetValue(fragments.__ref__())
-    image = gdcm.Image()
-    image.SetNumberOfDimensions(2)
-    image.SetDimensions((columns, rows, 1))
-    image.SetDataElement(element)
-    kind = gdcm.PhotometricInterpretation.GetPIType(str(ds.PhotometricInterpretation))
-    image.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(kind))
-    image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(JPEGExtended12Bit)))
-    image.SetPixelFormat(gdcm.PixelFormat(1, 16, bits, bits - 1, signed))
-    buffer = (image.GetBuffer() or "").encode("utf-8", "surrogateescape")
-    if len(buffer) != rows * columns * 2:
-        raise ValueError(f"GDCM returned {len(buffer)} bytes, expected {rows * columns * 2}")
-    return np.frombuffer(buffer, dtype="<i2" if signed else "<u2").reshape(rows, columns)
 
 
 def _j2k_reduced(ds: Dataset, frames: int, size: tuple[int, int]) -> np.ndarray | None:

@@ -445,3 +445,14 @@ class OrthancServer:
 def dicom_tool(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run a DCMTK tool (storescu, echoscu); its result, output included."""
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def slow_copy(source: Path, target: Path, chunks: int = 5, pause: float = 0.3) -> None:
+    """Write a file in pieces, reopening it to append each time, like a slow network copy or
+    a scanner that appends page by page."""
+    data = source.read_bytes()
+    step = len(data) // chunks + 1
+    for start in range(0, len(data), step):
+        with target.open("ab") as handle:
+            handle.write(data[start : start + step])
+        time.sleep(pause)

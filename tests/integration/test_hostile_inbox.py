@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from db.models import Image as ImageRow
-from tests.helpers import ProcessPipeline, process_pipeline, wait_for
+from tests.helpers import ProcessPipeline, process_pipeline, slow_copy, wait_for
 from tests.make_inputs import HOSTILE_MAX_PIXELS, Expected, hostile_set, replacement_image
 
 MANY_FILES = int(os.environ.get("FRACTURE_TEST_MANY_FILES", "2000"))
@@ -223,16 +223,6 @@ def _pausing_writer(source: Path, target: Path, chunks: int, pause: float) -> No
             time.sleep(pause)
 
 
-def _appending_writer(source: Path, target: Path, chunks: int, pause: float) -> None:
-    """Reopens the file to append each chunk, as some copy tools and scanners do."""
-    data = source.read_bytes()
-    step = len(data) // chunks + 1
-    for start in range(0, len(data), step):
-        with target.open("ab") as handle:
-            handle.write(data[start : start + step])
-        time.sleep(pause)
-
-
 def test_slow_pausing_and_appending_writers_and_a_file_moved_out_and_back_each_end_as_one_done_row(
     tmp_path: Path, broker_url: str, tiny_model: Path
 ) -> None:
@@ -247,7 +237,7 @@ def test_slow_pausing_and_appending_writers_and_a_file_moved_out_and_back_each_e
         appended = (sources[1], p.inbox / "appended.jpg", 8, 0.5)  # reopened every 0.5 s
         writers = [
             threading.Thread(target=_pausing_writer, args=paused),
-            threading.Thread(target=_appending_writer, args=appended),
+            threading.Thread(target=slow_copy, args=appended),
         ]
         for writer in writers:
             writer.start()

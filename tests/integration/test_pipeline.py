@@ -17,7 +17,13 @@ from sqlalchemy import func, select
 
 from db.models import Image
 from fracture.broker import PrivateBroker, free_port
-from tests.helpers import ProcessPipeline, make_distinct_images, process_pipeline, wait_for
+from tests.helpers import (
+    ProcessPipeline,
+    make_distinct_images,
+    process_pipeline,
+    slow_copy,
+    wait_for,
+)
 
 # Fast recovery for the tests: a batch may run 5 s, a row stuck 6 s is re-sent.
 QUICK_RECOVERY = {"stuck_after_s": 6, "task_time_limit_s": 5}
@@ -29,16 +35,6 @@ def pipeline(
     return process_pipeline(
         tmp_path, broker_url, model, database_url=database_url, **QUICK_RECOVERY, **extra
     )
-
-
-def slow_copy(source: Path, target: Path, chunks: int = 5, pause: float = 0.3) -> None:
-    """Write a file in pieces, reopening it each time, like a slow network copy."""
-    data = source.read_bytes()
-    step = len(data) // chunks + 1
-    for start in range(0, len(data), step):
-        with target.open("ab") as handle:
-            handle.write(data[start : start + step])
-        time.sleep(pause)
 
 
 def test_thirty_mixed_files_end_with_one_prediction_per_distinct_image(

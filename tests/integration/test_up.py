@@ -87,13 +87,7 @@ def test_up_processes_a_drop_and_stops_cleanly_on_sigterm(tmp_path: Path, tiny_m
     make_distinct_images(tmp_path / "inbox", 5)
 
     def done() -> bool:
-        out = subprocess.run(
-            fracture_cli("results", "--json", "--data-dir", str(tmp_path / "data")),
-            capture_output=True,
-            text=True,
-            env=fracture_env(),
-        ).stdout
-        rows = [json.loads(line) for line in out.splitlines()]
+        rows = _results(tmp_path)
         return len(rows) == 5 and all(r["status"] == "done" for r in rows)
 
     assert wait_for(done, timeout=90, interval=1), log.read_text()[-3000:]

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -78,9 +77,6 @@ def seeds() -> dict[str, bytes]:
     buffer = io.BytesIO()
     ds.save_as(buffer)
     files["DICOM JPEG-LS"] = buffer.getvalue()
-    # 12-bit JPEG Extended that only GDCM reads (pydicom's own test file, 1024×256)
-    with open(get_testdata_file("JPEG-lossy.dcm"), "rb") as handle:  # type: ignore[arg-type]
-        files["DICOM JPEG Extended 12-bit"] = handle.read()
     return files
 
 

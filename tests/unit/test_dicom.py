@@ -551,13 +551,13 @@ def test_jpeg_ls_decodes(grey: np.ndarray, syntax: str) -> None:
     assert_same_model_input(buffer.getvalue(), source, lossy=near)
 
 
-def test_12_bit_jpeg_extended_with_an_out_of_spec_scan_header_decodes_through_gdcm() -> None:
-    # pydicom's JPEG-lossy.dcm: libjpeg refuses its scan header; JPGExtended.dcm is the same
-    # image with the header fixed. One stored unit of IDCT rounding apart (of a 0…264 range).
-    broken = decode(Path(get_testdata_file("JPEG-lossy.dcm")), target_size=None).pixels
+def test_12_bit_jpeg_extended_with_an_out_of_spec_scan_header_fails_with_a_reason() -> None:
+    # pydicom's JPEG-lossy.dcm: libjpeg refuses its scan header. GDCM would read it, but aborts
+    # the process on corrupted streams of this kind, so it is not used: a clear failure instead.
+    with pytest.raises(DecodeError, match=r"cannot decode DICOM pixel data \(JPEG Extended"):
+        decode(Path(get_testdata_file("JPEG-lossy.dcm")), target_size=None)
     fixed = decode(Path(get_testdata_file("JPGExtended.dcm")), target_size=None).pixels
-    assert broken.shape == fixed.shape == (1024, 256)
-    assert float(np.abs(broken - fixed).max()) <= 1 / 264 + 1e-6
+    assert fixed.shape == (1024, 256)
 
 
 def test_every_pydicom_test_file_decodes_or_fails_with_a_specific_reason() -> None:
@@ -570,5 +570,5 @@ def test_every_pydicom_test_file_decodes_or_fails_with_a_specific_reason() -> No
             refused[Path(path).name] = str(error)
     # The catch-all ("corrupt or unsupported file (<exception>)") means an unforeseen error.
     assert not [name for name, why in refused.items() if why.startswith("corrupt or unsupported")]
-    assert "JPEG-lossy.dcm" in decoded and "MR_small_jpeg_ls_lossless.dcm" in decoded
-    assert len(decoded) >= 48, sorted(refused.items())
+    assert "MR_small_jpeg_ls_lossless.dcm" in decoded and "JPEG-lossy.dcm" in refused
+    assert len(decoded) >= 47, sorted(refused.items())

@@ -35,6 +35,13 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")]
 DbOpt = Annotated[str | None, typer.Option("--database-url", help="[FRACTURE_DATABASE_URL]")]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(help="only images received on or after this ISO date or date-time (local)"),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="only count the images that would be queued")
+]
 
 
 class UserError(Exception):
@@ -532,17 +539,12 @@ def rescore(
             "(default: the workers' configured model [FRACTURE_MODEL_PATH])",
         ),
     ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(help="only images received on or after this ISO date or date-time (local)"),
-    ] = None,
+    since: SinceOpt = None,
     status: Annotated[
         list[str] | None,
         typer.Option("--status", help="done | failed; repeat for both (default: both)"),
     ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="only count the images that would be queued")
-    ] = False,
+    dry_run: DryRunOpt = False,
     data_dir: DataOpt = None,
     database_url: DbOpt = None,
 ) -> None:
@@ -614,13 +616,8 @@ def retry(
     reason: Annotated[
         str | None, typer.Option(help="only failed images whose error contains this text")
     ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(help="only images received on or after this ISO date or date-time (local)"),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="only count the images that would be queued")
-    ] = False,
+    since: SinceOpt = None,
+    dry_run: DryRunOpt = False,
     data_dir: DataOpt = None,
     database_url: DbOpt = None,
 ) -> None:

@@ -165,8 +165,9 @@ class ResultSender:
                         )
                     outcome.sent.append(export_id)
         except SendError as exc:
+            recorded = {*outcome.sent, *outcome.retrying, *outcome.failed}
             for export_id in built:
-                if export_id not in outcome.sent and export_id not in outcome.retrying:
+                if export_id not in recorded:  # each attempt is counted once
                     self._record_failure(export_id, str(exc), outcome)
         finally:
             if association is not None and association.is_established:

@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     )
     visibility_timeout_s: int = Field(600, description="broker redelivery of unacked messages")
     task_time_limit_s: int = Field(60, description="a batch running longer is aborted")
+    max_attempts: int = Field(
+        3, ge=1, description="tries before an image is failed; a retried image runs alone"
+    )
+    decode_isolation: Literal["process", "thread"] = Field(
+        "process",
+        description="worker decoding in child processes (a decoder crash costs one image) "
+        "or in threads of the worker itself",
+    )
 
     dicom_port: int | None = Field(
         None, description="DICOM listener port (C-STORE SCP); unset: no listener in `up`"
@@ -112,6 +120,9 @@ class Settings(BaseSettings):
     )
     heatmaps: Literal["positive", "all", "none"] = "positive"
     max_pixels: int = Field(80_000_000, description="refuse images with more pixels than this")
+    max_file_mb: int = Field(
+        1024, ge=1, description="larger files are recorded as failed and never read"
+    )
     log_level: str = "INFO"
 
     @field_validator("batch_size")

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from db import browse
+from db import browse, reviews
 from db.migrate import upgrade
 from db.models import Image, Prediction, Review
 from db.session import make_engine, make_session_factory
@@ -210,7 +210,7 @@ def run(rows: int, db_path: Path, repeats: int) -> None:
                 "overview: throughput per hour (48 h)",
                 lambda: browse.throughput_by_hour(session=session, now=NOW),
             ),
-            ("overview: agreement per model", lambda: browse.agreement_by_model(session=session)),
+            ("overview: agreement per model", lambda: reviews.agreement_by_model(session=session)),
         ]
         for name, action in overview:
             first, median = timed(action, repeats)

@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
 from bench.pipeline import SAMPLES, Pipeline
-from fracture.broker import free_port
+from worker.broker import free_port
 
 
 def dicom_copies(sources: list[Path], n: int, directory: Path) -> list[Path]:

@@ -25,14 +25,13 @@ import numpy as np
 import psutil
 import torch
 
-from fracture.broker import PrivateBroker
-from fracture.settings import Settings
+from config import Settings
 from model.inference import Classifier
+from worker.broker import PrivateBroker
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO / "tests" / "fixtures"
+SAMPLES = Path(__file__).resolve().parent / "samples"  # shipped with the package (README there)
 # What the pipeline reads (model.decode): these suffixes, and DICOM under any name.
 IMAGE_SUFFIXES = {
     ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2", ".j2k", ".ppm",

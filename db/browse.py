@@ -1,4 +1,4 @@
-"""Queries behind the dashboard: browse (filter, sort, page), detail, reviews, DICOM studies,
+"""Queries behind the dashboard: browse (filter, sort, page), detail, DICOM studies,
 overview figures.
 
 Everything is filtered, sorted, counted and aggregated in the database, so a page costs the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -35,7 +35,6 @@ LABELS = (POSITIVE_LABEL, NEGATIVE_LABEL)
 STATUSES = tuple(s.value for s in ImageStatus)
 SOURCES = tuple(s.value for s in ImageSource)
 VERDICTS = tuple(v.value for v in Verdict)
-REVIEWER_MAX = 128
 ALL_VERSIONS = "*"  # BrowseFilter.model_version: every model's prediction, one row each
 NO_REGION = "none"  # BrowseFilter.regions: predictions of a model without a region head
 NOT_EXPORTED = "none"  # BrowseFilter.export_states: predictions with no export to PACS
@@ -201,7 +200,7 @@ _ROW_COLUMNS: tuple[Any, ...] = (
 )
 
 
-def _latest_review_ids() -> Select[Any]:
+def latest_review_ids() -> Select[Any]:
     """The id of each prediction's latest review."""
     return select(func.max(Review.id)).group_by(Review.prediction_id)
 
@@ -263,7 +262,7 @@ def _conditions(flt: BrowseFilter) -> list[ColumnElement[bool]]:
         conditions.append(
             Prediction.id.in_(
                 select(Review.prediction_id).where(
-                    Review.id.in_(_latest_review_ids()),
+                    Review.id.in_(latest_review_ids()),
                     Review.agrees.is_(state == ReviewState.AGREED),
                 )
             )
@@ -466,37 +465,6 @@ def image_detail(*, session: Session, image_id: int) -> Image | None:
     )
 
 
-def add_review(
-    *,
-    session: Session,
-    prediction_id: int,
-    reviewer: str,
-    verdict: str,
-    note: str | None = None,
-) -> Review:
-    """Store a reader's verdict beside the prediction; the prediction itself is never changed."""
-    reviewer = " ".join(reviewer.split())
-    if not reviewer:
-        raise QueryError("a review needs the reader's name")
-    if len(reviewer) > REVIEWER_MAX:
-        raise QueryError(f"reader name longer than {REVIEWER_MAX} characters")
-    if verdict not in LABELS:
-        raise QueryError(f"unknown verdict {verdict!r}; choose from {', '.join(LABELS)}")
-    prediction = session.get(Prediction, prediction_id)
-    if prediction is None:
-        raise QueryError(f"no prediction with id {prediction_id}")
-    review = Review(
-        prediction_id=prediction.id,
-        reviewer=reviewer,
-        verdict=verdict,
-        agrees=verdict == prediction.label,
-        note=(note or "").strip() or None,
-    )
-    session.add(review)
-    session.flush()
-    return review
-
-
 def model_versions(*, session: Session) -> list[str]:
     return list(
         session.scalars(
@@ -697,82 +665,4 @@ def throughput_by_hour(
     return [
         HourCount(hour=str(h), predictions=int(done.get(h, 0)), failures=int(failed.get(h, 0)))
         for h in sorted(set(done) | set(failed))
-    ]
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """Model against readers over reviewed cases (each prediction's latest review), fracture = 1."""
-
-    model_version: str
-    true_positive: int
-    false_positive: int
-    false_negative: int
-    true_negative: int
-    cases: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(
-            self,
-            "cases",
-            self.true_positive + self.false_positive + self.false_negative + self.true_negative,
-        )
-
-    @property
-    def sensitivity(self) -> float | None:
-        positives = self.true_positive + self.false_negative
-        return self.true_positive / positives if positives else None
-
-    @property
-    def specificity(self) -> float | None:
-        negatives = self.true_negative + self.false_positive
-        return self.true_negative / negatives if negatives else None
-
-    @property
-    def agreement(self) -> float | None:
-        return (self.true_positive + self.true_negative) / self.cases if self.cases else None
-
-    @property
-    def kappa(self) -> float | None:
-        """Cohen's kappa between model and readers; None where chance agreement is total."""
-        return cohen_kappa(
-            self.true_positive, self.false_positive, self.false_negative, self.true_negative
-        )
-
-
-def cohen_kappa(tp: int, fp: int, fn: int, tn: int) -> float | None:
-    """Cohen's kappa of a 2×2 table (rows: reader, columns: model); None when undefined."""
-    n = tp + fp + fn + tn
-    if n == 0:
-        return None
-    observed = (tp + tn) / n
-    model_pos, reader_pos = (tp + fp) / n, (tp + fn) / n
-    expected = model_pos * reader_pos + (1 - model_pos) * (1 - reader_pos)
-    if expected >= 1.0:
-        return None
-    return (observed - expected) / (1 - expected)
-
-
-def agreement_by_model(*, session: Session) -> list[Agreement]:
-    """2×2 tables of model label against each prediction's latest reader verdict."""
-    rows = session.execute(
-        select(Prediction.model_version, Prediction.label, Review.verdict, func.count())
-        .join(Review, Review.prediction_id == Prediction.id)
-        .where(Review.id.in_(_latest_review_ids()))
-        .group_by(Prediction.model_version, Prediction.label, Review.verdict)
-    ).all()
-    tables: dict[str, dict[tuple[bool, bool], int]] = {}
-    for version, label, verdict, count in rows:
-        cell = (label == POSITIVE_LABEL, verdict == POSITIVE_LABEL)
-        table = tables.setdefault(version, {})
-        table[cell] = table.get(cell, 0) + int(count)
-    return [
-        Agreement(
-            model_version=version,
-            true_positive=t.get((True, True), 0),
-            false_positive=t.get((True, False), 0),
-            false_negative=t.get((False, True), 0),
-            true_negative=t.get((False, False), 0),
-        )
-        for version, t in sorted(tables.items())
     ]

@@ -75,6 +75,9 @@ class Image(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     status: Mapped[str] = mapped_column(String(16), default=ImageStatus.QUEUED)
     error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(
+        String(200), doc="the worker scoring it now (or last)"
+    )
     warning: Mapped[str | None] = mapped_column(Text, doc="e.g. does not look like a radiograph")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -171,6 +174,32 @@ class Review(Base):
     prediction: Mapped[Prediction] = relationship(back_populates="reviews")
 
     __table_args__ = (Index("ix_reviews_prediction_id", "prediction_id"),)
+
+
+class Duplicate(Base):
+    """A file that arrived under another name with the bytes of a stored image: not scored
+    again, but kept on record so a user looking for that file finds where it went."""
+
+    __tablename__ = "duplicates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    filename: Mapped[str] = mapped_column(Text, doc="display name, relative to the inbox")
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_duplicates_image_id", "image_id"),)
+
+
+class Worker(Base):
+    """A worker process that is alive as long as its heartbeat is recent."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class DicomExport(Base):

@@ -8,11 +8,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import Image, ImageSource, ImageStatus, Prediction, Verdict, utcnow
+from db.models import (
+    Duplicate,
+    Image,
+    ImageSource,
+    ImageStatus,
+    Prediction,
+    Verdict,
+    Worker,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +113,43 @@ def register_images(
     return results
 
 
+def record_duplicates(
+    *, session: Session, pairs: Sequence[tuple[int, NewImage]]
+) -> list[tuple[int, NewImage]]:
+    """Keep a record of each file that brought a stored image's bytes under another path
+    (once per path); the same file seen again is not a duplicate. Returns the new records."""
+    if not pairs:
+        return []
+    ids = {image_id for image_id, _ in pairs}
+    paths = dict(session.execute(select(Image.id, Image.path).where(Image.id.in_(ids))).all())
+    known: set[tuple[int, str]] = {
+        (image_id, path)
+        for image_id, path in session.execute(
+            select(Duplicate.image_id, Duplicate.path).where(Duplicate.image_id.in_(ids))
+        )
+    }
+    recorded = []
+    for image_id, new in pairs:
+        if paths.get(image_id) in (None, new.path) or (image_id, new.path) in known:
+            continue
+        known.add((image_id, new.path))
+        session.add(
+            Duplicate(image_id=image_id, path=new.path, filename=new.filename, bytes=new.size)
+        )
+        recorded.append((image_id, new))
+    return recorded
+
+
+def duplicates_of(*, session: Session, image_ids: Sequence[int]) -> dict[int, list[Duplicate]]:
+    """The duplicate files recorded for each image, in order of arrival."""
+    found: dict[int, list[Duplicate]] = {}
+    for row in session.scalars(
+        select(Duplicate).where(Duplicate.image_id.in_(list(image_ids))).order_by(Duplicate.id)
+    ):
+        found.setdefault(row.image_id, []).append(row)
+    return found
+
+
 def _dicom_columns(identity: DicomIdentity | None) -> dict[str, str | None]:
     # Every row of one INSERT needs the same keys: a file from the folder gets NULLs.
     return {
@@ -158,8 +204,11 @@ def get_image_by_sha(*, session: Session, sha256: str) -> Image | None:
     return session.scalar(select(Image).where(Image.sha256 == sha256))
 
 
-def claim_images(*, session: Session, image_ids: Sequence[int], model_version: str) -> list[Image]:
-    """Mark the images of a batch `processing`; skip unknown ones and ones already predicted.
+def claim_images(
+    *, session: Session, image_ids: Sequence[int], model_version: str, worker: str | None = None
+) -> list[Image]:
+    """Mark the images of a batch `processing` by `worker`; skip unknown ones and ones already
+    predicted.
 
     Idempotent: a redelivered message for a finished image claims nothing.
     """
@@ -179,10 +228,105 @@ def claim_images(*, session: Session, image_ids: Sequence[int], model_version: s
                 image.status = ImageStatus.DONE
             continue
         image.status = ImageStatus.PROCESSING
+        image.claimed_by = worker
         image.attempts += 1
         image.updated_at = utcnow()
         claimed.append(image)
     return claimed
+
+
+def give_up(*, session: Session, image_ids: Sequence[int], max_attempts: int) -> dict[int, str]:
+    """Fail the images of a batch that have had `max_attempts` tries already (each one ended
+    with the worker stopping or the batch timing out); their ids and the reason stored."""
+    rows = session.scalars(
+        select(Image).where(
+            Image.id.in_(list(image_ids)),
+            Image.attempts >= max_attempts,
+            Image.status.in_([ImageStatus.QUEUED, ImageStatus.PROCESSING]),
+        )
+    ).all()
+    reasons = {}
+    for image in rows:
+        last = image.error or "the worker stopped while scoring it"
+        image.status = ImageStatus.FAILED
+        image.error = f"gave up after {image.attempts} attempts: {last}"
+        image.updated_at = utcnow()
+        reasons[image.id] = image.error
+    return reasons
+
+
+def note_unfinished(*, session: Session, image_ids: Sequence[int], reason: str) -> None:
+    """Why a try of these images ended without a result; they stay `processing` for the
+    sweeper, and the reason is what a later give-up quotes."""
+    session.execute(
+        update(Image)
+        .where(Image.id.in_(list(image_ids)), Image.status == ImageStatus.PROCESSING)
+        .values(error=reason)
+    )
+
+
+def heartbeat(*, session: Session, worker: str, now: datetime | None = None) -> None:
+    """`worker` is alive now."""
+    now = now or utcnow()
+    row = session.get(Worker, worker)
+    if row is None:
+        session.add(Worker(name=worker, started_at=now, heartbeat_at=now))
+    else:
+        row.heartbeat_at = now
+
+
+def forget_worker(*, session: Session, worker: str) -> None:
+    """`worker` stopped cleanly; whatever it still held is re-sent at the next check."""
+    session.execute(delete(Worker).where(Worker.name == worker))
+
+
+def worker_heartbeats(
+    *, session: Session, since: timedelta = timedelta(days=1), now: datetime | None = None
+) -> list[Worker]:
+    """Workers heard from within `since`, most recently started first: the live ones and
+    those that went silent (killed, hung or lost) without signing off."""
+    now = now or utcnow()
+    return list(
+        session.scalars(
+            select(Worker)
+            .where(Worker.heartbeat_at >= now - since)
+            .order_by(Worker.started_at.desc())
+        )
+    )
+
+
+def requeue_orphans(*, session: Session, image_ids: Sequence[int], reason: str) -> list[int]:
+    """Images a dead worker held back to `queued` (not yet sent), with why the try ended;
+    the ids that were still orphaned (a live worker may have claimed one meanwhile)."""
+    rows = session.scalars(
+        select(Image).where(Image.id.in_(list(image_ids)), Image.status == ImageStatus.PROCESSING)
+    ).all()
+    for image in rows:
+        image.status = ImageStatus.QUEUED
+        image.error = reason
+        image.claimed_by = None
+        image.enqueued_at = None
+        image.updated_at = utcnow()
+    return [image.id for image in rows]
+
+
+def images_of_dead_workers(
+    *, session: Session, dead_after: timedelta, now: datetime | None = None
+) -> list[int]:
+    """Images left `processing` by a worker whose heartbeat stopped (or that stopped)."""
+    now = now or utcnow()
+    alive = select(Worker.name).where(Worker.heartbeat_at >= now - dead_after)
+    return list(
+        session.scalars(
+            select(Image.id)
+            .where(
+                Image.status == ImageStatus.PROCESSING,
+                Image.claimed_by.is_not(None),
+                Image.claimed_by.not_in(alive),
+            )
+            .order_by(Image.id)
+        )
+    )
 
 
 def images_to_rescore(

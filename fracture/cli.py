@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from fracture.settings import Settings
+from config import Settings, UserError, build_settings
+from fracture import model_commands
+from fracture.console import fail, setup_logging
+
+if TYPE_CHECKING:
+    from model.inference import Classifier
 
 app = typer.Typer(
     help="X-ray fracture screening pipeline. Decision support only, not for clinical use.",
@@ -23,8 +26,6 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-
-log = logging.getLogger("fracture")
 
 InboxOpt = Annotated[Path | None, typer.Option("--inbox", help="watched folder [FRACTURE_INBOX]")]
 DataOpt = Annotated[
@@ -44,47 +45,48 @@ DryRunOpt = Annotated[
 ]
 
 
-class UserError(Exception):
-    """Shown as one line, exit status 2, no traceback."""
+# Errors of the model that a user can fix (a file, a checkpoint, a flag), by module. They are
+# looked up only among the modules already imported, the only ones that can have raised them:
+# importing the model here would load torch for every command, `--help` included.
+MODEL_ERRORS = (
+    ("model.checkpoint", "CheckpointError"),
+    ("model.errors", "DecodeError"),
+    ("model.decode", "DecodeError"),
+    ("model.inference", "ClassifierError"),
+)
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def build_settings(**overrides: Any) -> Settings:
-    """Settings from the environment with the given (non-None) flag values on top."""
-    given = {key: value for key, value in overrides.items() if value is not None}
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
-        raise UserError(f"invalid settings: {problems}") from exc
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+def is_user_error(exc: BaseException) -> bool:
+    """UserError or one of MODEL_ERRORS: shown as one line, without a traceback."""
+    if isinstance(exc, UserError):
+        return True
+    for module_name, class_name in MODEL_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, getattr(module, class_name)):
+            return True
+    return False
 
 
 def main() -> None:
     """Console-script entry point: user errors become one line and exit status 2."""
-    from db.migrate import upgrade  # noqa: F401  (import errors surface early)
-    from model.checkpoint import CheckpointError
-    from model.decode import DecodeError
-    from model.inference import ClassifierError
-
     try:
         app()
-    except (UserError, CheckpointError, DecodeError, ClassifierError) as exc:
+    except Exception as exc:
+        if _unreachable_database(exc):
+            reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            typer.echo(f"error: cannot use the database: {reason}", err=True)
+            sys.exit(2)
+        if not is_user_error(exc):
+            raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+
+
+def _unreachable_database(exc: BaseException) -> bool:
+    """A database that is down, refuses us or is not a database: the driver's reason, not a
+    traceback (the URL, which may hold a password, is never printed)."""
+    errors = sys.modules.get("sqlalchemy.exc")
+    return errors is not None and isinstance(exc, errors.OperationalError)
 
 
 @app.command()
@@ -119,6 +121,10 @@ def worker(
     device: DeviceOpt = None,
     database_url: DbOpt = None,
     name: Annotated[str | None, typer.Option(help="worker name in the broker")] = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(help="created once the worker consumes (for supervisors, health checks)"),
+    ] = None,
 ) -> None:
     """Consume queued images and store predictions (needs FRACTURE_BROKER_URL)."""
     settings = build_settings(
@@ -128,7 +134,7 @@ def worker(
     from worker.main import run_worker
 
     try:
-        run_worker(settings, _broker_url(settings), name=name)
+        run_worker(settings, _broker_url(settings), name=name, ready_file=ready_file)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
@@ -254,10 +260,8 @@ def predict(
     model: ModelOpt = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Score files directly with the model (no queue, no database)."""
-    import hashlib
-
-    from model.decode import DecodeError
+    """Score files directly with the model (no queue, no database). Exit status 1 when a file
+    could not be scored."""
     from model.inference import Classifier
 
     settings = build_settings(model_path=model, device=device)
@@ -265,14 +269,35 @@ def predict(
     classifier = Classifier.load(
         settings.resolved_model_path, device=settings.device, runtime=settings.runtime
     )
+    failed = 0
+    # A batch at a time, so a thousand files never sit in memory at once.
+    for start in range(0, len(files), settings.batch_size):
+        chunk = files[start : start + settings.batch_size]
+        failed += _predict_chunk(classifier, chunk, as_json=as_json)
+    if not as_json:
+        typer.echo("Decision support only, not for clinical use.")
+    if failed:
+        typer.echo(f"{failed} of {len(files)} file(s) could not be scored", err=True)
+        raise typer.Exit(1)
+
+
+def _predict_chunk(classifier: Classifier, files: list[Path], *, as_json: bool) -> int:
+    """Score and print one batch of files; how many failed."""
+    import hashlib
+
+    from model.decode import DecodeError
+    from model.files import read_file
+
     sources: list[Path | bytes] = []
     for path in files:  # each file is read once: hashed, then decoded from these bytes
         try:
-            sources.append(path.read_bytes())
-        except OSError:
+            sources.append(read_file(path))
+        except DecodeError:
             sources.append(path)  # decoding reports why it cannot be read
     outcomes = classifier.predict_sources(sources)
+    failed = 0
     for path, source, outcome in zip(files, sources, outcomes, strict=True):
+        failed += isinstance(outcome, DecodeError)
         sha = hashlib.sha256(source).hexdigest() if isinstance(source, bytes) else None
         scored = None if isinstance(outcome, DecodeError) else outcome
         record: dict[str, Any] = {
@@ -313,8 +338,7 @@ def predict(
                 f"{path}: {_answer(scored.verdict, scored.label)} (p={scored.probability:.3f}, "
                 f"threshold {scored.threshold:.3f}{doubt}{region}){boxes}"
             )
-    if not as_json:
-        typer.echo("Decision support only, not for clinical use.")
+    return failed
 
 
 @app.command()
@@ -336,10 +360,12 @@ def results(
             f"unknown status {status!r}; choose one of {', '.join(s.value for s in ImageStatus)}"
         )
     settings = build_settings(data_dir=data_dir, database_url=database_url)
+    _require_stored_data(settings)
     upgrade(settings.resolved_database_url)
     factory = make_session_factory(make_engine(settings.resolved_database_url))
     with factory() as session:
         images = queries.list_images(session=session, limit=limit, status=status)
+        duplicates = queries.duplicates_of(session=session, image_ids=[i.id for i in images])
         for image in images:
             prediction = queries.latest_prediction(image)
             sent = next(
@@ -370,12 +396,17 @@ def results(
                 "body_part": image.body_part,
                 "error": image.error,
                 "warning": image.warning,
-                "received_at": image.received_at.isoformat(),
+                "received_at": _utc_iso(image.received_at),
                 "study_uid": image.study_uid,
                 # the latest prediction's results on their way to PACS (DICOM images only)
                 "pacs": {"state": sent.state, "attempts": sent.attempts, "error": sent.error}
                 if sent
                 else None,
+                # the same bytes received later under other names: recorded, not scored again
+                "duplicates": [
+                    {"path": d.filename, "received_at": _utc_iso(d.received_at)}
+                    for d in duplicates.get(image.id, [])
+                ],
             }
             if as_json:
                 typer.echo(json.dumps(record))
@@ -388,9 +419,31 @@ def results(
                     if prediction
                     else (image.error or "")
                 )
-                typer.echo(f"{image.id:>6}  {image.status:<10}  {image.filename}  {answer}")
+                also = [d.filename for d in duplicates.get(image.id, [])]
+                if also:
+                    answer += f" (also received as: {', '.join(also)})"
+                # one line per image, whatever characters a file name holds
+                line = f"{image.id:>6}  {image.status:<10}  {image.filename}  {answer}"
+                typer.echo(line.replace("\n", "\\n").replace("\r", "\\r"))
     if not as_json:
+        if len(images) == limit:
+            typer.echo(f"(the newest {limit} shown; --limit N shows more)")
         typer.echo("Decision support only, not for clinical use.")
+
+
+def _require_stored_data(settings: Settings) -> None:
+    """A command that reads results refuses a data directory that does not exist, rather
+    than creating an empty database there and finding nothing (a mistyped --data-dir)."""
+    if settings.database_url is None and not settings.data_dir.is_dir():
+        raise UserError(
+            f"no data directory at {settings.data_dir.resolve()}: nothing has been stored there "
+            "(check --data-dir or FRACTURE_DATA_DIR; `fracture up` creates it)"
+        )
+
+
+def _utc_iso(moment: datetime) -> str:
+    """ISO 8601 with its offset: SQLite hands back the stored UTC times without one."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
 def _box_count(count: int) -> str:
@@ -510,13 +563,13 @@ def _parse_since(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        _fail(f"--since must be an ISO date (YYYY-MM-DD) or date-time, not {text!r}")
+        fail(f"--since must be an ISO date (YYYY-MM-DD) or date-time, not {text!r}")
     return moment if moment.tzinfo is not None else moment.astimezone()
 
 
 def _rescore_broker_url(settings: Settings) -> str:
     """FRACTURE_BROKER_URL, else the private broker of a `fracture up` on this data folder."""
-    from fracture.broker import URL_FILE
+    from worker.broker import URL_FILE
 
     if settings.broker_url:
         return settings.broker_url
@@ -552,7 +605,7 @@ def rescore(
     this model version has already scored are skipped."""
     statuses = tuple(dict.fromkeys(status or RESCORE_STATUSES))
     if unknown := [s for s in statuses if s not in RESCORE_STATUSES]:
-        _fail(
+        fail(
             f"unknown --status {unknown[0]!r}; choose from {', '.join(RESCORE_STATUSES)} "
             "(queued and processing images are scored already)"
         )
@@ -570,7 +623,7 @@ def rescore(
     try:
         version = load_checkpoint(checkpoint_path).version
     except CheckpointError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     upgrade(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
     try:
@@ -669,16 +722,7 @@ def db_upgrade(data_dir: DataOpt = None, database_url: DbOpt = None) -> None:
     typer.echo("database schema is up to date")
 
 
-def _register_model_commands() -> None:
-    from importlib.util import find_spec
-
-    if find_spec("fracture.model_commands") is not None:
-        from fracture import model_commands
-
-        model_commands.register(app)
-
-
-_register_model_commands()
+model_commands.register(app)
 
 if __name__ == "__main__":
     main()

@@ -1,21 +1,18 @@
-"""`fracture train` and `fracture evaluate`: thin wrappers over model.train and model.evaluate."""
+"""`fracture train`, `evaluate`, `calibrate` and `ensemble`: thin wrappers over model.train,
+model.evaluate, model.calibration and model.checkpoint."""
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fracture.settings import SHIPPED_MODEL
+from config import SHIPPED_MODEL
+from fracture.console import fail, setup_logging
 
-log = logging.getLogger("fracture")
-
-
-# model.train.MIN_FRACTURES_FOR_REGION_THRESHOLD, without importing torch to build the CLI.
+# model.calibration.MIN_FRACTURES_FOR_REGION_THRESHOLD, without importing torch to build the CLI.
 MIN_REGION_FRACTURES = 25
 RegionThresholdsOpt = Annotated[
     bool, typer.Option(help="per-region thresholds where the data has enough fractures")
@@ -39,17 +36,6 @@ ThresholdConfidenceOpt = Annotated[
         help="operating points reach their sensitivity in this share of group-bootstrap resamples",
     ),
 ]
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
-    )
 
 
 def train_command(
@@ -125,9 +111,9 @@ def train_command(
     from model.decode import DecodeError
     from model.train import TrainConfig, train
 
-    _setup_logging()
+    setup_logging()
     if weights is not None and not weights.is_file():
-        _fail(f"weights file not found: {weights}")
+        fail(f"weights file not found: {weights}")
     try:
         config = TrainConfig(
             data=data,
@@ -162,8 +148,7 @@ def train_command(
         )
         checkpoint = train(config)
     except (DataError, CheckpointError, DecodeError, ValueError) as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     metrics = checkpoint.extra.get("val_metrics", {})
     typer.echo(
         f"wrote {out} ({checkpoint.version}): val AUROC {metrics.get('auroc', float('nan')):.4f}, "
@@ -214,13 +199,13 @@ def evaluate_command(
     from model.data import DataError
     from model.evaluate import evaluate, format_report
 
-    _setup_logging("WARNING")
+    setup_logging("WARNING")
     env_model = os.environ.get("FRACTURE_MODEL_PATH")
     model_path = model or (Path(env_model) if env_model else SHIPPED_MODEL)
     if labels_csv is not None and not labels_csv.is_file():
-        _fail(f"labels file not found: {labels_csv}")
+        fail(f"labels file not found: {labels_csv}")
     if annotations is not None and not annotations.is_file():
-        _fail(f"annotations file not found: {annotations}")
+        fail(f"annotations file not found: {annotations}")
     try:
         report = evaluate(
             data,
@@ -233,8 +218,7 @@ def evaluate_command(
             threads=threads,
         )
     except (DataError, CheckpointError, AnnotationError) as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     if as_json:
         typer.echo(json.dumps(report))
     else:
@@ -279,13 +263,13 @@ def calibrate_command(
     threshold_confidence: ThresholdConfidenceOpt = 0.8,
 ) -> None:
     """Refit temperature and decision threshold(s) of a checkpoint on labelled images."""
+    from model.calibration import recalibrate
     from model.checkpoint import CheckpointError
     from model.data import DataError
-    from model.train import recalibrate
 
-    _setup_logging()
+    setup_logging()
     if not 0.0 < target_sensitivity <= 1.0:
-        _fail("--target-sensitivity must be in (0, 1]")
+        fail("--target-sensitivity must be in (0, 1]")
     try:
         checkpoint = recalibrate(
             model,
@@ -302,8 +286,7 @@ def calibrate_command(
             confidence=threshold_confidence,
         )
     except (DataError, CheckpointError, ValueError) as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     per_region = ", ".join(f"{k} {v:.3f}" for k, v in checkpoint.region_thresholds.items())
     typer.echo(
         f"wrote {out} ({checkpoint.version}): temperature {checkpoint.temperature:.3f}, "
@@ -332,12 +315,11 @@ def ensemble_command(
     """
     from model import checkpoint as ckpt
 
-    _setup_logging()
+    setup_logging()
     try:
         combined = ckpt.combine([ckpt.load(path) for path in models])
     except ckpt.CheckpointError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     ckpt.save(combined, out)
     typer.echo(
         f"wrote {out} ({combined.version}): {len(models)} members; "

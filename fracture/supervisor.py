@@ -3,36 +3,62 @@ listener, when FRACTURE_DICOM_PORT is set) child processes."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from config import Settings
 from db.migrate import upgrade
-from fracture.broker import URL_FILE, PrivateBroker, die_with_parent
-from fracture.settings import Settings
+from worker.broker import URL_FILE, PrivateBroker, die_with_parent
 
 log = logging.getLogger(__name__)
 
-DASHBOARD_APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+# Streamlit serving dashboard/app.py behind the dashboard's sign-in gate (dashboard/access.py).
+DASHBOARD_APP = Path(__file__).resolve().parent.parent / "dashboard" / "server.py"
 
 
 def dashboard_command(settings: Settings) -> list[str]:
+    host = settings.dashboard_host
+    password = settings.dashboard_password
+    if not (password and password.get_secret_value()) and not _loopback(host):
+        log.warning(
+            "the dashboard listens on %s without a password: anyone who can reach this machine "
+            "sees the radiographs and their file names (set FRACTURE_DASHBOARD_PASSWORD)",
+            host,
+        )
     return [
         sys.executable, "-m", "streamlit", "run", str(DASHBOARD_APP),
+        "--server.address", host,
         "--server.port", str(settings.dashboard_port),
         "--server.headless", "true",
         "--server.maxUploadSize", str(settings.upload_max_mb),
         "--browser.gatherUsageStats", "false",
         "--global.developmentMode", "false",
         "--client.toolbarMode", "viewer",
+        # Browse clears its filters by setting their widgets' values in Session State, on purpose.
+        "--global.disableWidgetStateDuplicationWarning", "true",
     ]  # fmt: skip
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 def child_environment(settings: Settings, broker_url: str) -> dict[str, str]:
@@ -68,11 +94,21 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
 
     env = child_environment(settings, broker_url)
     cli = [sys.executable, "-m", "fracture"]
-    commands = {"worker": [*cli, "worker"], "watcher": [*cli, "watch"]}
+    # The worker creates this file once it consumes: only then does `up` say it is ready.
+    ready_dir = Path(tempfile.mkdtemp(prefix="fracture-up-"))
+    worker_ready = ready_dir / "worker"
+    commands = {
+        "worker": [*cli, "worker", "--ready-file", str(worker_ready)],
+        "watcher": [*cli, "watch"],
+    }
     if settings.dicom_port is not None:
         commands["dicom"] = [*cli, "dicom-listen"]
+    # Streamlit's start-up lines (and its URLs, the network one too) are noise beside ours.
+    quiet = set() if settings.debug else {"dashboard"}
     if with_dashboard and DASHBOARD_APP.is_file():
         commands["dashboard"] = dashboard_command(settings)
+        if not settings.debug:
+            commands["dashboard"] += ["--logger.level", "warning"]
 
     stopping = False
 
@@ -86,22 +122,15 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
     signal.signal(signal.SIGTERM, _request_stop)
 
     restarts = Restarts(settings.restart_limit, settings.restart_window_s)
-    children = {name: Child(name, command) for name, command in commands.items()}
+    children = {
+        name: Child(name, command, quiet=name in quiet) for name, command in commands.items()
+    }
     status = 0
+    announced = False
     try:
         for child in children.values():
             child.start(env)
-        log.info("inbox: %s", settings.inbox.resolve())
-        if "dicom" in children:
-            log.info(
-                "DICOM: AE title %s on %s:%d",
-                settings.dicom_ae_title,
-                settings.dicom_host,
-                settings.dicom_port,
-            )
-        if "dashboard" in children:
-            log.info("dashboard: http://localhost:%d", settings.dashboard_port)
-        log.info("press Ctrl-C to stop. Decision support only, not for clinical use.")
+        log.info("starting %s; ready once the worker has loaded the model", ", ".join(children))
         while not stopping:
             now = time.monotonic()
             if broker is not None and broker.process is not None:
@@ -121,14 +150,52 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
                 if outcome == "fatal":
                     status, stopping = 1, True
                     break
+            if not announced and not stopping and all_ready(settings, worker_ready, children):
+                running = [name for name, child in children.items() if not child.given_up]
+                log.info("%s", ready_message(settings, running))
+                announced = True
             time.sleep(0.5)
     finally:
         _stop_children({n: c.process for n, c in children.items() if c.process is not None})
         if broker is not None:
             (settings.broker_dir / URL_FILE).unlink(missing_ok=True)
             broker.stop()
+        shutil.rmtree(ready_dir, ignore_errors=True)
         log.info("stopped")
     return status
+
+
+def dashboard_url(settings: Settings) -> str:
+    return f"http://localhost:{settings.dashboard_port}"
+
+
+def ready_message(settings: Settings, running: Collection[str]) -> str:
+    """The one line that says where files go, where results show and how to stop."""
+    parts = [f"ready: drop files into {settings.inbox.resolve()}"]
+    if "dicom" in running:
+        parts.append(
+            f"DICOM: AE title {settings.dicom_ae_title} on {settings.dicom_host}:"
+            f"{settings.dicom_port}"
+        )
+    if "dashboard" in running:
+        parts.append(f"dashboard at {dashboard_url(settings)}")
+    parts.append("press Ctrl-C to stop. Decision support only, not for clinical use.")
+    return "; ".join(parts)
+
+
+def all_ready(settings: Settings, worker_ready: Path, children: dict[str, Child]) -> bool:
+    """The worker consumes and the dashboard answers (or was given up on). The watcher needs no
+    wait: files dropped before it runs are found by its first scan."""
+    if not worker_ready.exists():
+        return False
+    dashboard = children.get("dashboard")
+    if dashboard is None or dashboard.given_up:
+        return True
+    try:
+        with urllib.request.urlopen(f"{dashboard_url(settings)}/_stcore/health", timeout=0.5):
+            return True
+    except OSError:  # not listening yet (URLError), or not answering in time
+        return False
 
 
 # Giving up on these leaves intake (watcher, worker, DICOM listener) running.
@@ -164,16 +231,21 @@ class Child:
 
     name: str
     command: list[str]
+    quiet: bool = False  # its standard output discarded
     process: subprocess.Popen[bytes] | None = None
     restart_at: float | None = None
     given_up: bool = False
 
     def start(self, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            self.command, env=env, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL
+            self.command,
+            env=env,
+            preexec_fn=die_with_parent,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if self.quiet else None,
         )
         self.restart_at = None
-        log.info("started %s (pid %d)", self.name, self.process.pid)
+        log.debug("started %s (pid %d)", self.name, self.process.pid)
 
     def check(self, env: dict[str, str], now: float, restarts: Restarts) -> str:
         """ "running", "restarting", "given up" or "fatal" (stop everything)."""

@@ -252,6 +252,24 @@ def read_labels(path: Path) -> dict[str, ImageInfo]:
         }
 
 
+def image_groups(paths: Sequence[Path], info: dict[str, ImageInfo]) -> np.ndarray:
+    """Each image's study group from labels.csv (its own file name where unlisted)."""
+    return np.array(
+        [
+            (known.group if (known := info.get(p.name)) and known.group else f"file:{p.name}")
+            for p in paths
+        ]
+    )
+
+
+def region_indices(
+    paths: Sequence[Path], info: dict[str, ImageInfo], names: Sequence[str]
+) -> list[int]:
+    """Each image's index in `names` by its labels.csv region; -1 where unlisted or unknown."""
+    index = {name: i for i, name in enumerate(names)}
+    return [index.get(known.region, -1) if (known := info.get(p.name)) else -1 for p in paths]
+
+
 def label_balance(labels: torch.Tensor | np.ndarray) -> tuple[int, int]:
     """(positives, negatives)."""
     array = np.asarray(labels)

@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from model import quality
+from model.errors import DecodeError
+from model.files import read_file
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,6 @@ REDUCING_GAP = 3
 Image.init()  # register every plugin now: `Image.open(formats=…)` only looks at loaded ones
 
 
-class DecodeError(ValueError):
-    """A file that cannot become pixels; the message is shown to users and stored."""
-
-
 @dataclass
 class Decoded:
     pixels: np.ndarray  # (H, W) float32 in [0, 1]; reduced in size when decoded for a model
@@ -60,19 +58,6 @@ class Decoded:
     def upright_size(self) -> tuple[int, int]:
         """(width, height) of the full-resolution image as it is shown, after EXIF rotation."""
         return (self.height, self.width) if self.transposed else (self.width, self.height)
-
-
-def _read(source: Path | bytes) -> bytes:
-    if isinstance(source, bytes):
-        return source
-    try:
-        return source.read_bytes()
-    except FileNotFoundError as exc:
-        raise DecodeError("file disappeared before it could be read") from exc
-    except IsADirectoryError as exc:
-        raise DecodeError("path is a directory, not an image file") from exc
-    except OSError as exc:
-        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from exc
 
 
 def decode(
@@ -92,7 +77,7 @@ def decode(
     `metadata["patient_hash"]`; without it no patient-derived value is computed at all.
     Raises DecodeError, and nothing else, for any file that cannot be scored.
     """
-    data = _read(source)
+    data = source if isinstance(source, bytes) else read_file(source)
     if not data:
         raise DecodeError("empty file (0 bytes)")
     try:

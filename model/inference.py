@@ -18,12 +18,16 @@ from PIL import Image
 from model import checkpoint as ckpt
 from model import onnx_engine, optimise
 from model.decode import DEFAULT_MAX_PIXELS, Decoded, DecodeError, decode
+from model.isolation import DecodeJob, IsolatedDecoder, Ready, ready_job
 from model.onnx_engine import OnnxNetwork
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CPU_MICRO_BATCH = 4
 RUNTIMES = ("auto", "torch", "onnx")
+# Where stored files are decoded: in child processes (a decoder crash costs one file) or in
+# threads of this process.
+ISOLATION = ("process", "thread")
 
 
 class ClassifierError(ValueError):
@@ -50,7 +54,8 @@ class Result:
 @dataclass
 class Prepared:
     tensor: torch.Tensor  # (3, size, size), normalised
-    decoded: Decoded
+    decoded: Decoded  # for stored files its pixels are released (`isolation.RELEASED`)
+    pixels_shape: tuple[int, int]  # (height, width) of the decoded pixels the tensor came from
 
 
 def heat_maps(outputs: torch.Tensor, grid: int) -> np.ndarray:
@@ -83,8 +88,13 @@ class Classifier:
         patient_salt: str | None = None,
         micro_batch: int | None = None,
         runtime: str = "auto",
+        isolation: str = "thread",
+        max_file_bytes: int | None = None,
     ) -> None:
+        if isolation not in ISOLATION:
+            raise ClassifierError(f"isolation must be one of {', '.join(ISOLATION)}")
         self.patient_salt = patient_salt
+        self.max_file_bytes = max_file_bytes
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         self.preset = checkpoint.preset
@@ -107,6 +117,9 @@ class Classifier:
         self.micro_batch = micro_batch
         self.decode_threads = max(1, decode_threads)
         self._pool = ThreadPoolExecutor(max_workers=self.decode_threads)
+        self.isolated: IsolatedDecoder[Ready] | None = None
+        if isolation == "process":
+            self.isolated = IsolatedDecoder(self.decode_threads, decode_fn=ready_job)
 
     def _onnx_network(self, runtime: str) -> OnnxNetwork | None:
         """ONNX Runtime on the CPU where it can run this network (`auto`), always (`onnx`,
@@ -158,7 +171,8 @@ class Classifier:
             max_pixels=self.max_pixels,
             patient_salt=self.patient_salt,
         )
-        return Prepared(tensor=self.preset(decoded.pixels), decoded=decoded)
+        height, width = decoded.pixels.shape
+        return Prepared(self.preset(decoded.pixels), decoded, (height, width))
 
     def prepare_many(self, sources: Sequence[Path | bytes]) -> list[Prepared | DecodeError]:
         """Decode in a thread pool (Pillow releases the GIL); errors come back in place."""
@@ -171,6 +185,43 @@ class Classifier:
 
         return list(self._pool.map(one, sources))
 
+    def prepare_files(
+        self, files: Sequence[tuple[Path | str, str | None]]
+    ) -> list[Prepared | DecodeError]:
+        """Read, verify and decode stored files given as (path, sha256 or None) — in child
+        processes when isolated — keeping only each one's network input: neither its bytes
+        nor its decoded pixels outlive the call."""
+        jobs = [
+            DecodeJob(
+                str(path),
+                sha256,
+                self.preset.size,
+                self.max_pixels,
+                self.max_file_bytes,
+                self.patient_salt,
+                self.preset,
+            )
+            for path, sha256 in files
+        ]
+
+        def one(job: DecodeJob) -> Ready | DecodeError:
+            try:
+                return ready_job(job)
+            except DecodeError as exc:
+                return exc
+
+        ready = (
+            list(self._pool.map(one, jobs))
+            if self.isolated is None
+            else self.isolated.decode_many(jobs)
+        )
+        return [
+            r
+            if isinstance(r, DecodeError)
+            else Prepared(torch.from_numpy(r.array), r.decoded, r.pixels_shape)
+            for r in ready
+        ]
+
     def warm_up(self, batch_size: int = 16) -> float:
         """Decode a generated JPEG in every decode thread and run the network with Grad-CAM on
         a batch of it, so the first real batch pays for no lazy imports, thread starts, kernel
@@ -178,6 +229,8 @@ class Classifier:
         ones about 330 ms, when only the network was warmed up; decoding alone took 144 ms the
         first time, 23 ms after). Returns the seconds spent."""
         started = time.perf_counter()
+        if self.isolated is not None:
+            self.isolated.warm_up()
         sample = _warm_up_jpeg(self.preset.size)
         prepared = self.prepare_many([sample] * self.decode_threads)
         tensors = [p.tensor for p in prepared if isinstance(p, Prepared)]
@@ -367,16 +420,13 @@ class Classifier:
             mapped = box_ops.to_original(
                 kept,
                 self.preset,
-                pixels_shape=item.decoded.pixels.shape,  # type: ignore[arg-type]
+                pixels_shape=item.pixels_shape,
                 original_size=item.decoded.upright_size,
             )
             results[row] = replace(result, boxes=tuple(tuple(b) for b in mapped))  # type: ignore[misc]
         rows = self._positive_rows(results, explain) if explain != "none" else []
-        shapes = [item.decoded.pixels.shape for item in prepared]
-        return results, {
-            row: box_ops.trim_map(maps[row], self.preset, shapes[row])  # type: ignore[arg-type]
-            for row in rows
-        }
+        shapes = [item.pixels_shape for item in prepared]
+        return results, {row: box_ops.trim_map(maps[row], self.preset, shapes[row]) for row in rows}
 
     def _onnx_explained(
         self, chunk: torch.Tensor, explain: str
@@ -422,6 +472,8 @@ class Classifier:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        if self.isolated is not None:
+            self.isolated.close()
 
     def heatmaps(self, prepared: Sequence[Prepared]) -> list[np.ndarray]:
         """Grad-CAM overlays (RGB uint8, at the decoded image's size) for prepared inputs."""
@@ -429,6 +481,8 @@ class Classifier:
 
         if not prepared:
             return []
+        if any(p.decoded.pixels.size == 0 for p in prepared):
+            raise ValueError("overlays need the decoded pixels: use prepare(), not prepare_files()")
         _, maps = self.predict_prepared(prepared, "all")
         return [explain.overlay(p.decoded.pixels, maps[i]) for i, p in enumerate(prepared)]
 

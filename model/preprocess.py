@@ -6,11 +6,13 @@ Its parameters travel in the checkpoint, so training, worker, CLI and dashboard 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: decoding children never need it
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,29 +60,15 @@ class Preset:
         antialiased bilinear result as torch's (within 1e-5) at a tenth of the cost when the
         decode threads and torch's own threads share two cores.
         """
+        import torch
+
         array = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if array.ndim != 2:
-            raise ValueError(f"expected (H, W) greyscale pixels, got shape {tuple(array.shape)}")
-        height, width = array.shape
-        scale_x, scale_y, left, top = self.geometry(height, width)
-        inner = (max(1, round(width * scale_x)), max(1, round(height * scale_y)))
-        resized = np.clip(
-            np.asarray(
-                Image.fromarray(array, mode="F").resize(inner, Image.Resampling.BILINEAR),
-                dtype=np.float32,
-            ),
-            0.0,
-            1.0,
-        )
-        if inner == (self.size, self.size):
-            return torch.from_numpy(resized[None])
-        canvas = np.zeros((1, self.size, self.size), dtype=np.float32)
-        canvas[0, int(top) : int(top) + inner[1], int(left) : int(left) + inner[0]] = resized
-        return torch.from_numpy(canvas)
+        return torch.from_numpy(resize_array(self, array))
 
     def normalise(self, grey: torch.Tensor) -> torch.Tensor:
         """(…, 1, H, W) in [0, 1] → (…, 3, H, W) normalised with the preset's mean and std."""
+        import torch
+
         mean = torch.tensor(self.mean, dtype=grey.dtype, device=grey.device).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=grey.dtype, device=grey.device).view(3, 1, 1)
         rgb = grey.expand(*grey.shape[:-3], 3, *grey.shape[-2:])
@@ -92,7 +80,38 @@ class Preset:
         This runs in the worker's decode threads beside the forward pass; torch element-wise
         ops there would start parallel regions that fight the forward pass for the same cores.
         """
-        grey = self.resize(pixels).numpy()
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
-        return torch.from_numpy((grey - mean) / std)
+        import torch
+
+        array = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
+        return torch.from_numpy(network_input(self, array))
+
+
+def resize_array(preset: Preset, pixels: np.ndarray) -> np.ndarray:
+    """`Preset.resize` in NumPy and Pillow alone (decoding children never import torch)."""
+    array = np.ascontiguousarray(pixels, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"expected (H, W) greyscale pixels, got shape {tuple(array.shape)}")
+    height, width = array.shape
+    scale_x, scale_y, left, top = preset.geometry(height, width)
+    inner = (max(1, round(width * scale_x)), max(1, round(height * scale_y)))
+    resized = np.clip(
+        np.asarray(
+            Image.fromarray(array, mode="F").resize(inner, Image.Resampling.BILINEAR),
+            dtype=np.float32,
+        ),
+        0.0,
+        1.0,
+    )
+    if inner == (preset.size, preset.size):
+        return resized[None]
+    canvas = np.zeros((1, preset.size, preset.size), dtype=np.float32)
+    canvas[0, int(top) : int(top) + inner[1], int(left) : int(left) + inner[0]] = resized
+    return canvas
+
+
+def network_input(preset: Preset, pixels: np.ndarray) -> np.ndarray:
+    """(3, size, size) float32: the preset's resize and normalisation, in NumPy."""
+    grey = resize_array(preset, pixels)
+    mean = np.asarray(preset.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(preset.std, dtype=np.float32).reshape(3, 1, 1)
+    return (grey - mean) / std

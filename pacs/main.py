@@ -7,9 +7,9 @@ import signal
 import threading
 from types import FrameType
 
+from config import Settings
 from db.migrate import upgrade
 from db.session import make_engine, make_session_factory
-from fracture.settings import Settings
 from pacs.listen import Listener, StoreHandler
 from pacs.send import ResultSender
 from worker.app import make_celery

@@ -24,10 +24,10 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from sqlalchemy.orm import Session, sessionmaker
 
+from config import Destination
 from db import exports
 from db.models import Prediction, utcnow
 from db.session import transaction
-from fracture.settings import Destination
 from model.decode import DecodeError, decode
 from pacs.objects import Finding, ResultUIDs, secondary_capture, structured_report
 

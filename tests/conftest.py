@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fracture.broker import PrivateBroker, free_port
 from tests.helpers import IN_CI, PostgresServer, make_tiny_checkpoint
+from worker.broker import PrivateBroker, free_port
 
 TIERS = ("unit", "integration", "e2e")
 

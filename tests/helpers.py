@@ -1,23 +1,32 @@
-"""Shared test helpers: real servers (broker, PostgreSQL), a tiny fixed-weight model, processes."""
+"""Shared test helpers: real servers (broker, PostgreSQL, Orthanc), a tiny fixed-weight model,
+prediction rows, processes, and the compose services run as local processes."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import redis
 import torch
+import yaml
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
+from db.queries import NewPrediction
 from model import architectures, checkpoint
 from model.preprocess import Preset
+from worker.broker import free_port, server_binary
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = (REPO.parent / "shared").resolve()
@@ -96,6 +105,21 @@ def unsplittable_checkpoint() -> checkpoint.Checkpoint:
 def sample_images() -> list[Path]:
     """Small real radiographs shipped with the tests (see tests/fixtures/README.md)."""
     return sorted(p for p in FIXTURES.glob("*.jpg"))
+
+
+def new_prediction(
+    image_id: int, *, probability: float = 0.9, threshold: float = 0.5, **fields: Any
+) -> NewPrediction:
+    """A prediction to store for `image_id`, labelled by `probability` against `threshold`,
+    from model "v1" in a batch of one; `fields` sets or overrides any other column."""
+    values: dict[str, Any] = {
+        "model_version": "v1",
+        "label": "fractured" if probability >= threshold else "not_fractured",
+        "batch_size": 1,
+        "inference_ms": 1.0,
+        **fields,
+    }
+    return NewPrediction(image_id=image_id, probability=probability, threshold=threshold, **values)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
@@ -456,3 +480,207 @@ def slow_copy(source: Path, target: Path, chunks: int = 5, pause: float = 0.3) -
         with target.open("ab") as handle:
             handle.write(data[start : start + step])
         time.sleep(pause)
+
+
+# -- the compose services as local processes ---------------------------------------------------
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+BATCH_LINE = re.compile(r"batch of (\d+): (\d+) done, (\d+) failed, (\d+) skipped")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+_VARIABLE = re.compile(
+    r"\$(?:(?P<escaped>\$)"
+    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def interpolate(value: str, variables: Mapping[str, str]) -> str:
+    """Compose's variable substitution: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR:?error}."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match["escaped"]:
+            return "$"
+        name = match["braced"] or match["bare"]
+        op, arg = match["op"], match["arg"] or ""
+        present = name in variables
+        empty = not variables.get(name)
+        if op in (":-", "-") and (not present or (op == ":-" and empty)):
+            return arg
+        if op in (":?", "?") and (not present or (op == ":?" and empty)):
+            raise KeyError(f"{name}: {arg}")
+        return variables.get(name, "")
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def interpolated(node: Any, variables: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, variables)
+    if isinstance(node, list):
+        return [interpolated(item, variables) for item in node]
+    if isinstance(node, dict):
+        return {key: interpolated(value, variables) for key, value in node.items()}
+    return node
+
+
+def load_compose(variables: Mapping[str, str] | None = None) -> dict[str, Any]:
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    return interpolated(raw, read_env_file(ENV_EXAMPLE) if variables is None else variables)
+
+
+def service_environment(service: Mapping[str, Any]) -> dict[str, str]:
+    environment = service.get("environment") or {}
+    assert isinstance(environment, dict), "write environment as a mapping"
+    return {key: "" if value is None else str(value) for key, value in environment.items()}
+
+
+def local_command(command: list[str]) -> list[str]:
+    assert command[0] == "fracture", f"application services run the fracture CLI, not {command}"
+    script = Path(sys.executable).with_name("fracture")
+    entry = [str(script)] if script.is_file() else [sys.executable, "-m", "fracture"]
+    return [*entry, *command[1:]]
+
+
+class LocalStack:
+    """The compose services as local processes sharing one storage dir, broker and database."""
+
+    def __init__(self, root: Path, postgres_url: str, model: Path) -> None:
+        self.root = root
+        self.services = load_compose()["services"]
+        self.logs = root / "logs"
+        self.stack = ExitStack()
+        self.postgres_url = postgres_url
+        self.broker_url = ""
+        self.overrides = {
+            "FRACTURE_MODEL_PATH": str(model),
+            "FRACTURE_DEVICE": "cpu",
+            "FRACTURE_SETTLE_S": "0.2",
+            "FRACTURE_DASHBOARD_PORT": str(free_port()),
+            "FRACTURE_DICOM_PORT": str(free_port()),
+            "FRACTURE_DICOM_HOST": "127.0.0.1",
+        }
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.broker_url = self._start_redis()
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+    def _start_redis(self) -> str:
+        """The redis service's own command line, on a free local port."""
+        command = self.services["redis"]["command"]
+        assert command[0] == "valkey-server"
+        port = free_port()
+        directory = self.root / "redis-data"
+        directory.mkdir(parents=True)
+        args = [str(server_binary()), *command[1:], "--port", str(port), "--bind", "127.0.0.1"]
+        args += ["--dir", str(directory), "--save", ""]
+        self.stack.enter_context(running(args, dict(os.environ), self.logs / "redis.log"))
+        password = command[command.index("--requirepass") + 1]
+        client = redis.Redis(port=port, password=password, socket_connect_timeout=1)
+        assert wait_for(lambda: _pings(client), 15), "the redis service command did not start"
+
+        compose_url = urlsplit(self.env("worker")["FRACTURE_BROKER_URL"])
+        assert compose_url.hostname == "redis", "the broker URL must name the redis service"
+        credentials = compose_url.netloc.rpartition("@")[0]
+        return urlunsplit(compose_url._replace(netloc=f"{credentials}@127.0.0.1:{port}"))
+
+    def _database_url(self, compose_value: str) -> str:
+        compose_url, local = make_url(compose_value), make_url(self.postgres_url)
+        assert compose_url.host == "postgres", "the database URL must name the postgres service"
+        assert compose_url.drivername == local.drivername
+        # The fixture server trusts local connections: only the address, user and db change.
+        return compose_url.set(
+            host=local.host, port=local.port, username=local.username, database=local.database
+        ).render_as_string(hide_password=False)
+
+    def env(self, name: str) -> dict[str, str]:
+        service = self.services[name]
+        mounts = {}
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            mounts[target] = self.root / source.strip("./").replace("/", "_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FRACTURE_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        for key, value in service_environment(service).items():
+            for target, local in mounts.items():
+                if value == target or value.startswith(target + "/"):
+                    value = str(local) + value[len(target) :]
+            env[key] = value
+        for key, value in self.overrides.items():
+            if key in env:
+                env[key] = value
+        if self.broker_url:
+            env["FRACTURE_BROKER_URL"] = self.broker_url
+        env["FRACTURE_DATABASE_URL"] = self._database_url(env["FRACTURE_DATABASE_URL"])
+        return env
+
+    @property
+    def inbox(self) -> Path:
+        return Path(self.env("watcher")["FRACTURE_INBOX"])
+
+    def run_once(self, name: str) -> subprocess.CompletedProcess[str]:
+        command = local_command(self.services[name]["command"])
+        return subprocess.run(
+            command, env=self.env(name), capture_output=True, text=True, cwd=REPO, timeout=120
+        )
+
+    def start(self, name: str, instance: str | None = None) -> subprocess.Popen[bytes]:
+        command = local_command(self.services[name]["command"])
+        log = self.logs / f"{instance or name}.log"
+        return self.stack.enter_context(running(command, self.env(name), log))
+
+    def log(self, instance: str) -> str:
+        path = self.logs / f"{instance}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def status_counts(self) -> dict[str, int]:
+        return dict(self._query("SELECT status, count(*) FROM images GROUP BY status"))
+
+    def _query(self, sql: str) -> list[tuple[Any, ...]]:
+        engine = create_engine(self.postgres_url)
+        try:
+            with engine.connect() as connection:
+                return [tuple(row) for row in connection.execute(text(sql))]
+        finally:
+            engine.dispose()
+
+    def done_per_worker(self, *instances: str) -> dict[str, int]:
+        return {
+            name: sum(int(m[2]) for m in BATCH_LINE.finditer(self.log(name))) for name in instances
+        }
+
+    def diagnose(self, *instances: str) -> str:
+        return "\n".join(f"--- {name}.log ---\n{self.log(name)[-3000:]}" for name in instances)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+@contextmanager
+def local_stack(root: Path, postgres_url: str, model: Path) -> Iterator[LocalStack]:
+    with LocalStack(root, postgres_url, model) as stack:
+        migrated = stack.run_once("migrate")
+        assert migrated.returncode == 0, migrated.stderr
+        assert "up to date" in migrated.stdout
+        yield stack

@@ -5,9 +5,9 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
+from config import Settings
 from db.migrate import upgrade
 from db.session import make_engine, make_session_factory
-from fracture.settings import Settings
 from watcher.watch import Watcher
 from worker.app import make_celery
 
@@ -24,6 +24,8 @@ def build_watcher(settings: Settings, broker_url: str) -> Watcher:
         hash_threads=settings.hash_threads,
         sweep_interval_s=settings.sweep_interval_s,
         stuck_after_s=settings.stuck_after_s,
+        dead_after_s=settings.dead_after_s,
+        rescan_interval_s=settings.rescan_interval_s,
     )
 
 

@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,8 +23,8 @@ from watchdog.observers.polling import PollingObserver
 
 from db import queries
 from db.session import transaction
+from model.files import special_kind
 from worker import client
-from worker.files import special_kind
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ OPEN_SETTLE_S = 60.0
 # Closed, then reopened to append: the writer comes back after each close, so wait longer.
 REOPENED_SETTLE_S = 3.0
 SETTLE_TICK_S = 0.1  # how often pending files are looked at (a stat each)
+RESCUE_TICK_S = 2.0  # how often the heartbeats are read for a dead worker (one query)
 
 
 def is_ignored(path: Path) -> bool:
@@ -65,9 +66,16 @@ def _signature(path: Path) -> tuple[int, int]:
 class ArrivalTracker:
     """Decides when a file is complete: unchanged size and mtime for the settle time."""
 
-    def __init__(self, settle_s: float, *, close_events: bool = False) -> None:
+    def __init__(
+        self,
+        settle_s: float,
+        *,
+        close_events: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settle_s = settle_s
         self.close_events = close_events  # native events report close-write; polling does not
+        self._clock = clock
         self._pending: dict[Path, _Pending] = {}
         self._lock = threading.Lock()
 
@@ -75,7 +83,7 @@ class ArrivalTracker:
         """Note an event for `path`: `closed` a close-write or move-in, `written` a write.
         Its size and mtime are read now, so the quiet period counts from the event itself, not
         from the next look at the pending files."""
-        now = time.monotonic()
+        now = self._clock()
         try:
             signature: tuple[int, int] | None = _signature(path)
         except OSError:
@@ -97,7 +105,7 @@ class ArrivalTracker:
 
     def ready(self) -> list[Path]:
         """Paths whose size and mtime have been stable long enough; removes them."""
-        now = time.monotonic()
+        now = self._clock()
         done: list[Path] = []
         with self._lock:
             items = list(self._pending.items())
@@ -193,6 +201,8 @@ class Watcher:
         hash_threads: int = 2,
         sweep_interval_s: float = 15.0,
         stuck_after_s: float = 120.0,
+        dead_after_s: float = 15.0,
+        rescan_interval_s: float = 60.0,
     ) -> None:
         self.inbox = inbox.resolve()
         self.app = app
@@ -201,6 +211,10 @@ class Watcher:
         self.polling = polling
         self.sweep_interval_s = sweep_interval_s
         self.stuck_after = timedelta(seconds=stuck_after_s)
+        self.dead_after = timedelta(seconds=dead_after_s)
+        self.rescan_interval_s = rescan_interval_s
+        # path → (size, mtime) when it was hashed: a rescan skips files that have not changed
+        self._hashed: dict[str, tuple[int, int]] = {}
         self._hash_pool = ThreadPoolExecutor(max_workers=max(1, hash_threads))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -221,6 +235,29 @@ class Watcher:
                 self.offer(Path(dirpath) / name)
                 count += 1
         return count
+
+    def rescan(self) -> int:
+        """Offer the inbox's files that are new or changed since they were hashed (events lost
+        to an inotify overflow, a network share, a missed rename); the rest are not read."""
+        offered = 0
+        present = set()
+        for dirpath, dirnames, filenames in os.walk(self.inbox, followlinks=False):
+            dirnames[:] = [d for d in dirnames if not is_ignored(Path(d))]
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                present.add(path)
+                try:
+                    info = os.lstat(path)
+                except OSError:
+                    continue
+                if self._hashed.get(path) != (info.st_size, info.st_mtime_ns):
+                    self.offer(Path(path))
+                    offered += 1
+        for gone in set(self._hashed) - present:
+            self._hashed.pop(gone, None)
+        if offered:
+            log.info("rescan found %d new or changed file(s)", offered)
+        return offered
 
     # -- registration ----------------------------------------------------------------
     def _describe(self, path: Path) -> tuple[str, int, str, str | None]:
@@ -246,6 +283,9 @@ class Watcher:
                 digest = hashlib.sha256(f"rejected-symlink:{relative}".encode()).hexdigest()
                 return digest, 0, str(path), "symbolic link pointing outside the inbox: not read"
         sha, size = sha256_file(path)
+        if size == 0:  # every empty file has the same digest: each gets a row of its own
+            digest = hashlib.sha256(f"empty:{relative}".encode()).hexdigest()
+            return digest, 0, str(path), "empty file (0 bytes): nothing to score"
         return sha, size, str(path), None
 
     def register(self, paths: Iterable[Path]) -> list[int]:
@@ -254,7 +294,7 @@ class Watcher:
         described = list(self._hash_pool.map(self._safe_describe, paths))
         entries: list[tuple[Path, queries.NewImage]] = []
         for path, info in zip(paths, described, strict=True):
-            if info is None:  # vanished or unreadable: logged, nothing to register
+            if info is None:  # vanished before it was read: logged, nothing to register
                 continue
             sha, size, stored_path, rejection = info
             entry = queries.NewImage(
@@ -286,11 +326,17 @@ class Watcher:
 
     def _safe_describe(self, path: Path) -> tuple[str, int, str, str | None] | None:
         try:
-            return self._describe(path)
+            before = os.lstat(path)  # taken before hashing: a later change is seen as one
+            described = self._describe(path)
+            self._hashed[str(path)] = (before.st_size, before.st_mtime_ns)
+            return described
         except FileNotFoundError:
             log.info("file vanished before it was registered: %s", path.name)
         except OSError as exc:
-            log.warning("cannot read %s: %s", path.name, exc.strerror or exc)
+            # A row says why (permissions, I/O error); fixed, the file re-attaches to it.
+            relative = path.relative_to(self.inbox)
+            digest = hashlib.sha256(f"unreadable:{relative}".encode()).hexdigest()
+            return digest, 0, str(path), f"cannot read file: {exc.strerror or exc}"
         return None
 
     # -- sweeping --------------------------------------------------------------------
@@ -308,6 +354,22 @@ class Watcher:
             return len(resend)
         return 0
 
+    def rescue(self) -> int:
+        """Re-send at once what a dead worker held (each image then runs alone): a worker
+        that died is noticed when its heartbeat is `dead_after` old, not after the stuck
+        timeout, and whether or not the queue is empty."""
+        with transaction(self.factory) as session:
+            orphans = queries.images_of_dead_workers(session=session, dead_after=self.dead_after)
+            ids = queries.requeue_orphans(
+                session=session,
+                image_ids=orphans,
+                reason="the worker scoring it stopped before it finished",
+            )
+        if ids:
+            log.warning("a worker stopped while scoring %d image(s): re-sending them", len(ids))
+            client.enqueue(self.app, self.factory, ids)
+        return len(ids)
+
     # -- lifecycle -------------------------------------------------------------------
     def _settle_loop(self) -> None:
         while not self._stop.is_set():
@@ -323,11 +385,22 @@ class Watcher:
             self._stop.wait(SETTLE_TICK_S)
 
     def _sweep_loop(self) -> None:
+        next_rescan = time.monotonic() + self.rescan_interval_s
         while not self._stop.wait(self.sweep_interval_s):
             try:
                 self.sweep()
+                if time.monotonic() >= next_rescan:
+                    next_rescan = time.monotonic() + self.rescan_interval_s
+                    self.rescan()
             except Exception:
                 log.exception("sweep failed; retrying at the next interval")
+
+    def _rescue_loop(self) -> None:
+        while not self._stop.wait(RESCUE_TICK_S):
+            try:
+                self.rescue()
+            except Exception:
+                log.exception("looking for a dead worker's images failed; retrying")
 
     def start(self) -> None:
         self.inbox.mkdir(parents=True, exist_ok=True)
@@ -345,6 +418,7 @@ class Watcher:
         self._threads = [
             threading.Thread(target=self._settle_loop, name="settle", daemon=True),
             threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True),
+            threading.Thread(target=self._rescue_loop, name="rescuer", daemon=True),
         ]
         for thread in self._threads:
             thread.start()

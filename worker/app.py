@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from fracture.settings import Settings
+from config import Settings
 
 PREDICT_TASK = "fracture.predict_batch"
 UPLOAD_TASK = "fracture.predict_upload"

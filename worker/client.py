@@ -93,13 +93,20 @@ def register(
         return []
     with transaction(factory) as session:
         registered = queries.register_images(session=session, new=entries, source=source)
+        duplicates = queries.record_duplicates(
+            session=session,
+            pairs=[
+                (i, e) for e, (i, created) in zip(entries, registered, strict=True) if not created
+            ],
+        )
+    for image_id, _ in duplicates:
+        log.info("duplicate of image %d recorded, not scored again", image_id)
     new_ids: list[int] = []
     for entry, (image_id, created) in zip(entries, registered, strict=True):
-        name = entry.filename.rsplit("/", 1)[-1]
         if not created:
-            log.info("duplicate of image %d ignored: %s", image_id, name)
-        elif entry.rejection:
-            log.warning("rejected %s: %s", name, entry.rejection)
+            continue
+        if entry.rejection:
+            log.warning("rejected %s: %s", entry.filename.rsplit("/", 1)[-1], entry.rejection)
         else:
             new_ids.append(image_id)
     if new_ids and enqueue(app, factory, new_ids):

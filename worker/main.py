@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
 from functools import cache
 from pathlib import Path
 
+from celery.exceptions import SecurityWarning
+from celery.signals import worker_ready
 from sqlalchemy.orm import Session, sessionmaker
 
+from config import Settings
 from db.migrate import upgrade
 from db.session import make_engine, make_session_factory
-from fracture.settings import Settings
 from model.inference import Classifier
 from worker.app import BULK_QUEUE, RESCORE_QUEUE, UPLOAD_QUEUE, make_celery
+from worker.liveness import Heartbeat
 from worker.models import ModelPool
 from worker.processing import BatchProcessor
 from worker.tasks import bind_tasks
@@ -28,6 +32,7 @@ def build_processor(
     factory: sessionmaker[Session] | None = None,
     *,
     warm_up: bool = True,
+    worker: str | None = None,
 ) -> BatchProcessor:
     """The configured model, or the one at `model_path` (rescoring), with a session factory
     (a new engine unless `factory` is given)."""
@@ -37,6 +42,8 @@ def build_processor(
         runtime=settings.runtime,
         max_pixels=settings.max_pixels,
         patient_salt=settings.patient_salt.get_secret_value() if settings.patient_salt else None,
+        isolation=settings.decode_isolation,
+        max_file_bytes=settings.max_file_mb * 2**20,
     )
     if warm_up:
         log.info("model warmed up in %.1f s", classifier.warm_up(settings.batch_size))
@@ -47,15 +54,21 @@ def build_processor(
         factory,
         heatmaps_dir=settings.heatmaps_dir,
         heatmaps=settings.heatmaps,
+        max_attempts=settings.max_attempts,
+        worker=worker,
     )
 
 
-def run_worker(settings: Settings, broker_url: str, *, name: str | None = None) -> None:
-    """Block consuming tasks until a shutdown signal; finishes the running batch on SIGTERM."""
+def run_worker(
+    settings: Settings, broker_url: str, *, name: str | None = None, ready_file: Path | None = None
+) -> None:
+    """Block consuming tasks until a shutdown signal; finishes the running batch on SIGTERM.
+    `ready_file` is created once the worker consumes its queues."""
     settings.ensure_dirs()
     upgrade(settings.resolved_database_url)
     app = make_celery(settings, broker_url)
-    processor = cache(lambda: build_processor(settings))
+    hostname = name or f"fracture-worker-{os.getpid()}@{socket.gethostname()}"
+    processor = cache(lambda: build_processor(settings, worker=hostname))
     processor()  # load now: fail at start-up, not on the first image
     models = ModelPool(
         processor,
@@ -63,7 +76,12 @@ def run_worker(settings: Settings, broker_url: str, *, name: str | None = None) 
         lambda path: build_processor(settings, path, processor().factory, warm_up=False),
     )
     bind_tasks(app, settings, processor, models.get)
-    hostname = name or f"fracture-worker-{os.getpid()}@{socket.gethostname()}"
+    if ready_file is not None:
+        _touch_when_ready(ready_file)
+    if not settings.debug:
+        # Celery's warning about running as root (a container, a VM) is start-up noise here;
+        # the Docker image runs as an unprivileged user.
+        warnings.filterwarnings("ignore", category=SecurityWarning)
     worker = app.Worker(
         hostname=hostname,
         # solo: the model lives in this process and CUDA is never initialised before a fork.
@@ -74,8 +92,21 @@ def run_worker(settings: Settings, broker_url: str, *, name: str | None = None) 
         without_gossip=True,
         without_mingle=True,
         optimization="fair",
+        quiet=not settings.debug,  # Celery's banner
     )
-    worker.start()
+    heartbeat = Heartbeat(processor().factory, hostname, settings.heartbeat_s)
+    heartbeat.start()
+    try:
+        worker.start()
+    finally:
+        heartbeat.stop()
     code = getattr(worker, "exitcode", 0) or 0
     if code:
         raise SystemExit(code)
+
+
+def _touch_when_ready(path: Path) -> None:
+    def touch(**_: object) -> None:
+        path.touch()
+
+    worker_ready.connect(touch, weak=False)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +16,6 @@ from db.session import transaction
 from model import regions
 from model.decode import DecodeError
 from model.inference import Classifier, Prepared, Result
-from worker.files import special_kind
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +33,14 @@ class Claimed:
     image_id: int
     path: str
     sha256: str
+    attempts: int = 1
 
 
-def read_verified(path: str, sha256: str) -> bytes:
-    """The file's bytes, provided they are still the bytes that were registered."""
-    try:
-        kind = special_kind(os.stat(path).st_mode)
-        if kind is not None:  # opening a FIFO would block the worker
-            raise DecodeError(f"not a regular file ({kind}): not read")
-        data = Path(path).read_bytes()
-    except FileNotFoundError as exc:
-        raise DecodeError("file was deleted or moved before it could be processed") from exc
-    except OSError as exc:
-        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from exc
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise DecodeError("file was replaced after it was registered (contents changed)")
-    return data
+def groups_to_score(claimed: Sequence[Claimed]) -> list[list[Claimed]]:
+    """First tries together as one batch; every image on a later try alone, so a file that
+    took its batch down before (a crash, a time-out) cannot take its batch-mates with it."""
+    first = [item for item in claimed if item.attempts <= 1]
+    return ([first] if first else []) + [[item] for item in claimed if item.attempts > 1]
 
 
 class BatchProcessor:
@@ -64,35 +53,63 @@ class BatchProcessor:
         *,
         heatmaps_dir: Path,
         heatmaps: str = "positive",
+        max_attempts: int = 3,
+        worker: str | None = None,
     ) -> None:
+        self.worker = worker  # the name claimed rows carry, so a dead worker's are found
         self.classifier = classifier
         self.factory = factory
         self.heatmaps_dir = heatmaps_dir
         self.heatmaps = heatmaps
+        self.max_attempts = max_attempts
 
     def process(self, image_ids: Sequence[int], *, rescore: bool = False) -> BatchOutcome:
         """Score the images this model has not scored yet. `rescore`: images scored before
         (by another model) or failed, whose status only changes from `failed` to `done`."""
         started = time.perf_counter()
         outcome = BatchOutcome()
-        claim = queries.claim_for_rescore if rescore else queries.claim_images
         with transaction(self.factory) as session:
-            images = claim(
-                session=session, image_ids=image_ids, model_version=self.classifier.version
-            )
-            claimed = [Claimed(i.id, i.path, i.sha256) for i in images]
-        outcome.skipped = sorted(set(image_ids) - {c.image_id for c in claimed})
-        if not claimed:
-            return outcome
+            if rescore:
+                images = queries.claim_for_rescore(
+                    session=session, image_ids=image_ids, model_version=self.classifier.version
+                )
+            else:
+                gave_up = queries.give_up(
+                    session=session, image_ids=image_ids, max_attempts=self.max_attempts
+                )
+                for image_id, reason in sorted(gave_up.items()):
+                    log.error("image %d failed: %s", image_id, reason)
+                outcome.failed.update(gave_up)
+                images = queries.claim_images(
+                    session=session,
+                    image_ids=[i for i in image_ids if i not in gave_up],
+                    model_version=self.classifier.version,
+                    worker=self.worker,
+                )
+            claimed = [
+                Claimed(i.id, i.path, i.sha256, 1 if rescore else i.attempts) for i in images
+            ]
+        outcome.skipped = sorted(
+            set(image_ids) - {c.image_id for c in claimed} - set(outcome.failed)
+        )
+        for group in groups_to_score(claimed):
+            self._score(group, outcome, rescore=rescore)
+        outcome.seconds = time.perf_counter() - started
+        log.info(
+            "batch of %d: %d done, %d failed, %d skipped in %.0f ms",
+            len(image_ids),
+            len(outcome.done),
+            len(outcome.failed),
+            len(outcome.skipped),
+            outcome.seconds * 1000,
+        )
+        return outcome
 
-        sources: list[bytes | DecodeError] = []
-        for item in claimed:
-            try:
-                sources.append(read_verified(item.path, item.sha256))
-            except DecodeError as exc:
-                sources.append(exc)
-        good, results, maps = self._predict(claimed, sources, outcome)
-
+    def _score(self, claimed: list[Claimed], outcome: BatchOutcome, *, rescore: bool) -> None:
+        """Decode, predict and store one group, in its own transaction."""
+        started = time.perf_counter()
+        failed: dict[int, str] = {}
+        good, results, maps = self._predict(claimed, failed)
         new_predictions: list[queries.NewPrediction] = []
         metadata: dict[int, dict[str, object]] = {}
         if good:
@@ -128,54 +145,42 @@ class BatchProcessor:
                 )
                 outcome.done.append(item.image_id)
 
-        if rescore and outcome.failed:
+        if rescore and failed:
             # A rescore that fails leaves the image as it was (a `done` image stays `done`).
             log.warning(
                 "rescore with %s failed for %d image(s), left unchanged: %s",
                 self.classifier.version,
-                len(outcome.failed),
-                "; ".join(f"{i}: {error}" for i, error in sorted(outcome.failed.items())),
+                len(failed),
+                "; ".join(f"{i}: {error}" for i, error in sorted(failed.items())),
             )
         with transaction(self.factory) as session:
             queries.store_batch(
                 session=session,
                 predictions=new_predictions,
-                failures={} if rescore else outcome.failed,
+                failures={} if rescore else failed,
                 metadata=_known_columns(metadata),
             )
-        outcome.seconds = time.perf_counter() - started
-        log.info(
-            "batch of %d: %d done, %d failed, %d skipped in %.0f ms",
-            len(image_ids),
-            len(outcome.done),
-            len(outcome.failed),
-            len(outcome.skipped),
-            outcome.seconds * 1000,
-        )
-        return outcome
+        outcome.failed.update(failed)
 
     def _predict(
-        self,
-        claimed: list[Claimed],
-        sources: list[bytes | DecodeError],
-        outcome: BatchOutcome,
+        self, claimed: list[Claimed], failed: dict[int, str]
     ) -> tuple[list[tuple[Claimed, Prepared]], list[Result], dict[int, np.ndarray]]:
-        """Decode the batch in the thread pool, then run the network on it. Decode errors go
-        to `outcome.failed`; the rest come back in order with their results and maps.
+        """Read and decode the group (each file's bytes dropped once it is decoded), then run
+        the network on it. Decode errors go to `failed`; the rest come back in order with
+        their results and maps.
 
         Decoding first and then running the network beat overlapping the two on a 2-core
         machine: 0.93 of the forward-only throughput against 0.80 in ONNX Runtime, 0.95
         against 0.90 in PyTorch (docs/PERFORMANCE.md). Decoding costs a tenth of the forward
         pass, and threads decoding beside it slowed every parallel operation of the network.
         """
-        readable = iter(self.classifier.prepare_many([s for s in sources if isinstance(s, bytes)]))
+        prepared = self.classifier.prepare_files([(item.path, item.sha256) for item in claimed])
         good: list[tuple[Claimed, Prepared]] = []
-        for item, source in zip(claimed, sources, strict=True):
-            prepared = source if isinstance(source, DecodeError) else next(readable)
-            if isinstance(prepared, DecodeError):
-                outcome.failed[item.image_id] = str(prepared)
+        for item, result in zip(claimed, prepared, strict=True):
+            if isinstance(result, DecodeError):
+                failed[item.image_id] = str(result)
             else:
-                good.append((item, prepared))
+                good.append((item, result))
         if not good:
             return good, [], {}
         results, maps = self.classifier.predict_prepared(

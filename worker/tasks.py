@@ -13,7 +13,9 @@ from typing import Any
 from celery import Celery
 from celery_batches import Batches, SimpleRequest
 
-from fracture.settings import Settings
+from config import Settings
+from db import queries
+from db.session import transaction
 from worker.app import PREDICT_TASK, RESCORE_TASK, UPLOAD_TASK
 from worker.models import ModelUnavailable
 from worker.processing import BatchProcessor
@@ -51,14 +53,22 @@ def run_limited(
         with time_limit(seconds):
             processor.process(ids, rescore=rescore)
     except BatchTimeLimitExceeded:
-        # Rows stay `processing`; the sweeper re-sends them after FRACTURE_STUCK_AFTER_S. A
-        # rescore changed no row: running `fracture rescore` again sends what is still missing.
+        # Rows stay `processing`; the sweeper re-sends them after FRACTURE_STUCK_AFTER_S, and
+        # each then runs alone. A rescore changed no row: running `fracture rescore` again
+        # sends what is still missing.
         log.error(
             "%s of %d image(s) aborted after %.0f s",
             "rescore batch" if rescore else "batch",
             len(ids),
             seconds,
         )
+        if not rescore:
+            with transaction(processor.factory) as session:
+                queries.note_unfinished(
+                    session=session,
+                    image_ids=ids,
+                    reason=f"scoring took longer than the {seconds:.0f} s time limit",
+                )
 
 
 def rescore_groups(

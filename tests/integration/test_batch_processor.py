@@ -1,5 +1,5 @@
-"""The worker's batch processor streams micro-batches through the network while later images are
-still decoding: every stored result must still be the one for its own file, and the stored
+"""The worker's batch processor decodes a batch, then runs it through the network whole or in
+micro-batches: every stored result must still be the one for its own file, and the stored
 Grad-CAM grid the map that the prediction's own forward pass gave."""
 
 from __future__ import annotations

@@ -11,10 +11,11 @@ from sklearn.metrics import cohen_kappa_score
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import browse, exports, queries
+from db import browse, exports, queries, reviews
 from db.migrate import upgrade
 from db.models import DicomExport, ExportState, Image, ImageSource, Prediction, Review
 from db.session import make_engine, make_session_factory, transaction
+from tests.helpers import new_prediction
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 V1, V2 = "seed_cnn-aaaaaaaaaaaa", "seed_cnn-bbbbbbbbbbbb"
@@ -45,10 +46,6 @@ CASES = (
 )
 
 
-def label(probability: float) -> str:
-    return browse.POSITIVE_LABEL if probability >= 0.5 else browse.NEGATIVE_LABEL
-
-
 def seed(factory: sessionmaker[Session]) -> dict[str, int]:
     """The cases above through the project's own write path; returns image ids by name."""
     ids: dict[str, int] = {}
@@ -66,15 +63,7 @@ def seed(factory: sessionmaker[Session]) -> dict[str, int]:
             session.flush()
             ids[case.name] = image.id
         predictions = [
-            queries.NewPrediction(
-                image_id=ids[c.name],
-                model_version=c.version,
-                label=label(c.probability),
-                probability=c.probability,
-                threshold=0.5,
-                batch_size=4,
-                inference_ms=12.0,
-            )
+            new_prediction(ids[c.name], probability=c.probability, model_version=c.version)
             for c in CASES
             if c.probability is not None
         ]
@@ -83,17 +72,7 @@ def seed(factory: sessionmaker[Session]) -> dict[str, int]:
         # ward1/a.png also has a second model's opinion: two rows in the table.
         queries.store_batch(
             session=session,
-            predictions=[
-                queries.NewPrediction(
-                    image_id=ids["ward1/a.png"],
-                    model_version=V2,
-                    label=browse.NEGATIVE_LABEL,
-                    probability=0.31,
-                    threshold=0.5,
-                    batch_size=1,
-                    inference_ms=9.0,
-                )
-            ],
+            predictions=[new_prediction(ids["ward1/a.png"], probability=0.31, model_version=V2)],
             failures={},
         )
     with transaction(factory) as session:
@@ -232,13 +211,13 @@ def test_review_state_follows_the_latest_review(factory: sessionmaker[Session], 
     with transaction(factory) as session:
         a = prediction_of(session, ids["ward1/a.png"]).id
         b = prediction_of(session, ids["ward1/b.png"]).id
-        browse.add_review(
+        reviews.add_review(
             session=session, prediction_id=a, reviewer="Dr A", verdict=browse.NEGATIVE_LABEL
         )
-        browse.add_review(
+        reviews.add_review(
             session=session, prediction_id=a, reviewer="Dr B", verdict=browse.POSITIVE_LABEL
         )
-        browse.add_review(
+        reviews.add_review(
             session=session, prediction_id=b, reviewer="Dr A", verdict=browse.POSITIVE_LABEL
         )
 
@@ -326,7 +305,7 @@ def test_add_review_is_stored_beside_the_prediction(
     with transaction(factory) as session:
         prediction = prediction_of(session, ids["ward2/c.png"])
         before = (prediction.label, prediction.probability, prediction.threshold)
-        review = browse.add_review(
+        review = reviews.add_review(
             session=session,
             prediction_id=prediction.id,
             reviewer="  Dr   Example ",
@@ -364,13 +343,13 @@ def test_add_review_refuses_bad_input(
     with transaction(factory) as session:
         prediction_id = prediction_of(session, ids["ward1/b.png"]).id
         with pytest.raises(browse.QueryError, match=message):
-            browse.add_review(
+            reviews.add_review(
                 session=session, prediction_id=prediction_id, reviewer=reviewer, verdict=verdict
             )
     with factory() as session:
         assert session.scalars(select(Review)).all() == []
         with pytest.raises(browse.QueryError, match="no prediction with id 999999"):
-            browse.add_review(
+            reviews.add_review(
                 session=session,
                 prediction_id=999_999,
                 reviewer="Dr A",
@@ -443,26 +422,26 @@ def test_agreement_matches_sklearn(factory: sessionmaker[Session], ids: dict) ->
         for name, fractured in verdicts.items():
             prediction = prediction_of(session, ids[name])
             # An earlier, superseded opinion must not count.
-            browse.add_review(
+            reviews.add_review(
                 session=session,
                 prediction_id=prediction.id,
                 reviewer="first look",
                 verdict=browse.NEGATIVE_LABEL if fractured else browse.POSITIVE_LABEL,
             )
-            browse.add_review(
+            reviews.add_review(
                 session=session,
                 prediction_id=prediction.id,
                 reviewer="Dr A",
                 verdict=browse.POSITIVE_LABEL if fractured else browse.NEGATIVE_LABEL,
             )
-        browse.add_review(
+        reviews.add_review(
             session=session,
             prediction_id=prediction_of(session, ids["ward4/i.png"], V2).id,
             reviewer="Dr A",
             verdict=browse.POSITIVE_LABEL,
         )
     with factory() as session:
-        table = {a.model_version: a for a in browse.agreement_by_model(session=session)}
+        table = {a.model_version: a for a in reviews.agreement_by_model(session=session)}
     v1 = table[V1]
     assert (v1.true_positive, v1.false_positive, v1.false_negative, v1.true_negative) == (
         2,
@@ -477,21 +456,6 @@ def test_agreement_matches_sklearn(factory: sessionmaker[Session], ids: dict) ->
     assert v1.kappa == pytest.approx(cohen_kappa_score(reader, model))
     v2 = table[V2]
     assert (v2.cases, v2.sensitivity, v2.specificity, v2.kappa) == (1, 1.0, None, None)
-
-
-@pytest.mark.parametrize(
-    "table", [(5, 0, 0, 5), (3, 2, 1, 4), (0, 3, 3, 0), (7, 1, 2, 0), (1, 0, 0, 0)]
-)
-def test_cohen_kappa_formula(table: tuple[int, int, int, int]) -> None:
-    tp, fp, fn, tn = table
-    reader = [1] * tp + [0] * fp + [1] * fn + [0] * tn
-    model = [1] * tp + [1] * fp + [0] * fn + [0] * tn
-    expected = cohen_kappa_score(reader, model) if len(set(reader) | set(model)) > 1 else None
-    ours = browse.cohen_kappa(tp, fp, fn, tn)
-    if expected is None:
-        assert ours is None
-    else:
-        assert ours == pytest.approx(expected)
 
 
 def test_labels_match_the_checkpoint() -> None:

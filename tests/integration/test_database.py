@@ -11,6 +11,7 @@ from db import queries
 from db.migrate import upgrade
 from db.models import Image, Prediction, utcnow
 from db.session import make_engine, make_session_factory, transaction
+from tests.helpers import new_prediction
 
 
 @pytest.fixture
@@ -102,18 +103,6 @@ def test_bytes_registered_by_another_process_meanwhile_get_its_row(factory, monk
         assert session.get(Image, winner).filename == "first.jpg"
 
 
-def _prediction(image_id: int, version: str = "v1") -> queries.NewPrediction:
-    return queries.NewPrediction(
-        image_id=image_id,
-        model_version=version,
-        label="fractured",
-        probability=0.9,
-        threshold=0.5,
-        batch_size=1,
-        inference_ms=5.0,
-    )
-
-
 def test_storing_a_batch_twice_keeps_one_prediction(factory) -> None:
     good, _ = _register(factory, "b" * 64)
     bad, _ = _register(factory, "c" * 64)
@@ -122,7 +111,7 @@ def test_storing_a_batch_twice_keeps_one_prediction(factory) -> None:
             queries.claim_images(session=session, image_ids=[good, bad], model_version="v1")
         with transaction(factory) as session:
             queries.store_batch(
-                session=session, predictions=[_prediction(good)], failures={bad: "corrupt"}
+                session=session, predictions=[new_prediction(good)], failures={bad: "corrupt"}
             )
     with factory() as session:
         assert session.scalar(select(func.count(Prediction.id))) == 1
@@ -134,7 +123,7 @@ def test_storing_a_batch_twice_keeps_one_prediction(factory) -> None:
 def test_claim_skips_images_already_predicted_by_this_model(factory) -> None:
     image_id, _ = _register(factory, "d" * 64)
     with transaction(factory) as session:
-        queries.store_batch(session=session, predictions=[_prediction(image_id)], failures={})
+        queries.store_batch(session=session, predictions=[new_prediction(image_id)], failures={})
     with transaction(factory) as session:
         assert queries.claim_images(session=session, image_ids=[image_id], model_version="v1") == []
         claimed = queries.claim_images(session=session, image_ids=[image_id], model_version="v2")
@@ -189,21 +178,12 @@ def test_batch_insert_survives_a_row_another_worker_stored_first(factory) -> Non
     """The whole batch goes in one savepoint; a duplicate falls back to row by row."""
     ids = [_register(factory, c * 64, f"{c}.jpg")[0] for c in "123"]
 
-    def new(image_id: int, probability: float) -> queries.NewPrediction:
-        return queries.NewPrediction(
-            image_id=image_id,
-            model_version="v1",
-            label="fractured",
-            probability=probability,
-            threshold=0.5,
-            batch_size=3,
-            inference_ms=1.0,
-        )
-
     with transaction(factory) as session:
-        queries.store_batch(session=session, predictions=[new(ids[1], 0.9)], failures={})
+        queries.store_batch(
+            session=session, predictions=[new_prediction(ids[1], probability=0.9)], failures={}
+        )
     with transaction(factory) as session:  # as if stored between our check and our insert
-        queries._insert_all(session, [new(i, 0.7) for i in ids])
+        queries._insert_all(session, [new_prediction(i, probability=0.7) for i in ids])
     with factory() as session:
         stored = dict(session.execute(select(Prediction.image_id, Prediction.probability)).all())
     assert stored == {ids[0]: 0.7, ids[1]: 0.9, ids[2]: 0.7}
@@ -283,14 +263,12 @@ def test_verdict_doubt_threshold_and_boxes_are_stored_and_read_back(factory) -> 
     boxes = [[10.5, 20.0, 30.0, 40.25, 0.875], [1.0, 2.0, 3.0, 4.0, 0.5]]
 
     def new(index: int, label: str, probability: float, **answer: Any) -> queries.NewPrediction:
-        return queries.NewPrediction(
-            image_id=ids[index],
-            model_version="v2",
-            label=label,
+        return new_prediction(
+            ids[index],
             probability=probability,
             threshold=0.6,
-            batch_size=3,
-            inference_ms=1.0,
+            model_version="v2",
+            label=label,
             **answer,
         )
 

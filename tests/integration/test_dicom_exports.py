@@ -12,6 +12,7 @@ from db import exports, queries
 from db.migrate import upgrade
 from db.models import DicomExport, ExportState, ImageSource
 from db.session import make_engine, make_session_factory, transaction
+from tests.helpers import new_prediction
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 BACKOFF = timedelta(seconds=5)
@@ -39,17 +40,7 @@ def _scored(factory, name: str, *, source: str, fmt: str = "DICOM") -> int:
         [(image_id, _)] = queries.register_images(session=session, new=[entry], source=source)
         queries.store_batch(
             session=session,
-            predictions=[
-                queries.NewPrediction(
-                    image_id=image_id,
-                    model_version="v2",
-                    label="fractured",
-                    probability=0.9,
-                    threshold=0.5,
-                    batch_size=1,
-                    inference_ms=1.0,
-                )
-            ],
+            predictions=[new_prediction(image_id, model_version="v2")],
             failures={},
             metadata={image_id: {"format": fmt}},
         )

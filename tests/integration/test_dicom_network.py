@@ -20,7 +20,6 @@ from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
 
 from db.models import DicomExport, Image, Prediction
-from fracture.broker import free_port
 from pacs.objects import read_report
 from tests.helpers import (
     OrthancServer,
@@ -32,6 +31,7 @@ from tests.helpers import (
     wait_for,
 )
 from tests.make_inputs import PATIENT_ID, PATIENT_NAME, dicom_bytes, grey_radiograph
+from worker.broker import free_port
 
 pytestmark = pytest.mark.usefixtures("orthanc_binary")
 

@@ -9,16 +9,17 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
+from config import Settings
 from db import queries
 from db.migrate import upgrade
 from db.models import Image, Prediction
 from db.session import make_engine, make_session_factory, transaction
-from fracture.settings import Settings
 from tests.helpers import (
     ProcessPipeline,
     fracture_cli,
     make_distinct_images,
     make_tiny_checkpoint,
+    new_prediction,
     process_pipeline,
     wait_for,
 )
@@ -169,16 +170,7 @@ def test_images_to_rescore_by_status_date_and_version(database_url: str) -> None
             queries.store_batch(
                 session=session,
                 predictions=[
-                    queries.NewPrediction(
-                        image_id=image_id,
-                        model_version=version,
-                        label="fractured",
-                        probability=0.9,
-                        threshold=0.5,
-                        batch_size=1,
-                        inference_ms=1.0,
-                    )
-                    for image_id, version in scored
+                    new_prediction(image_id, model_version=version) for image_id, version in scored
                 ],
                 failures={},
             )

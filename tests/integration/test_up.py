@@ -51,9 +51,9 @@ def _results(tmp_path: Path) -> list[dict[str, object]]:
 def test_up_with_a_dicom_port_also_receives_over_dicom(
     tmp_path: Path, tiny_model: Path, orthanc_binary: None
 ) -> None:
-    from fracture.broker import free_port
     from tests.helpers import dicom_tool, sample_images
     from tests.make_inputs import dicom_bytes, grey_radiograph
+    from worker.broker import free_port
 
     port = free_port()
     process, log = _start(tmp_path, tiny_model, dicom_port=port)
@@ -84,6 +84,11 @@ def test_up_processes_a_drop_and_stops_cleanly_on_sigterm(tmp_path: Path, tiny_m
     process, log = _start(tmp_path, tiny_model)
     children = _descendants(process.pid)
     assert len(children) >= 3  # broker, worker, watcher
+    started = log.read_text()
+    ready = f"ready: drop files into {(tmp_path / 'inbox').resolve()}; press Ctrl-C to stop."
+    assert ready in started
+    for noise in ("alembic", "[queues]", "superuser privileges"):  # migrations, banner, root
+        assert noise not in started
     make_distinct_images(tmp_path / "inbox", 5)
 
     def done() -> bool:
@@ -152,7 +157,7 @@ def test_a_dashboard_that_cannot_start_is_left_stopped_and_intake_goes_on(
 ) -> None:
     import socket
 
-    from fracture.broker import free_port
+    from worker.broker import free_port
 
     port = free_port()
     with socket.socket() as taken:  # the dashboard's port is already in use

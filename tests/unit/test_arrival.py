@@ -1,20 +1,36 @@
-import time
+"""When the watcher counts a file as complete, on a fake clock: no test sleeps."""
+
 from pathlib import Path
 
 import pytest
 
-from watcher.watch import ArrivalTracker, is_ignored, sha256_file
+from watcher.watch import CLOSED_SETTLE_S, ArrivalTracker, is_ignored, sha256_file
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test advances it (by exact steps, so a wait of
+    exactly the settle time compares equal)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def _touched(
     tmp_path: Path, name: str, data: bytes, *, settle_s: float, closed: bool = False
-) -> tuple[ArrivalTracker, Path]:
-    """A tracker that has seen one event for a file just written with `data`."""
-    tracker = ArrivalTracker(settle_s=settle_s)
+) -> tuple[ArrivalTracker, FakeClock, Path]:
+    """A tracker on a fake clock that has seen one event for a file just written with `data`."""
+    clock = FakeClock()
+    tracker = ArrivalTracker(settle_s=settle_s, clock=clock)
     path = tmp_path / name
     path.write_bytes(data)
     tracker.touch(path, closed=closed)
-    return tracker, path
+    return tracker, clock, path
 
 
 @pytest.mark.parametrize(
@@ -35,27 +51,28 @@ def test_hidden_and_temporary_names_are_ignored(name: str, ignored: bool) -> Non
 
 
 def test_a_file_still_being_written_is_not_ready(tmp_path: Path) -> None:
-    tracker, path = _touched(tmp_path, "growing.jpg", b"a", settle_s=0.4)
-    deadline = time.monotonic() + 1.2
-    while time.monotonic() < deadline:
+    tracker, clock, path = _touched(tmp_path, "growing.jpg", b"a", settle_s=4)
+    for _ in range(12):
         with path.open("ab") as handle:  # keeps growing faster than the settle time
             handle.write(b"b" * 100)
         assert tracker.ready() == []
-        time.sleep(0.1)
-    time.sleep(0.5)  # writing stopped: quiet for longer than the settle time
+        clock.advance(1)
+    assert tracker.ready() == []  # the last write was seen 1 s ago
+    clock.advance(3)  # writing stopped: quiet for exactly the settle time
     assert tracker.ready() == [path]
     assert len(tracker) == 0
 
 
 def test_close_event_shortens_the_wait(tmp_path: Path) -> None:
-    tracker, path = _touched(tmp_path, "copied.jpg", b"complete", settle_s=30, closed=True)
-    tracker.ready()
-    time.sleep(0.35)
+    tracker, clock, path = _touched(tmp_path, "copied.jpg", b"complete", settle_s=30, closed=True)
+    clock.advance(CLOSED_SETTLE_S / 2)
+    assert tracker.ready() == []
+    clock.advance(CLOSED_SETTLE_S / 2)  # the short quiet period after a close, not 30 s
     assert tracker.ready() == [path]
 
 
 def test_vanished_file_is_forgotten(tmp_path: Path) -> None:
-    tracker, path = _touched(tmp_path, "gone.jpg", b"x", settle_s=0.1)
+    tracker, _, path = _touched(tmp_path, "gone.jpg", b"x", settle_s=1)
     path.unlink()
     assert tracker.ready() == []
     assert len(tracker) == 0
@@ -73,16 +90,18 @@ def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
 def test_quiet_period_counts_from_the_event(tmp_path: Path) -> None:
     # A file moved in whole is looked at once the settle time has passed since its event, not
     # a settle time after the watcher first noticed it.
-    tracker, path = _touched(tmp_path, "moved-in.jpg", b"complete", settle_s=0.3)
-    time.sleep(0.35)
+    tracker, clock, path = _touched(tmp_path, "moved-in.jpg", b"complete", settle_s=3)
+    clock.advance(3)
     assert tracker.ready() == [path]
 
 
 def test_a_change_after_the_event_restarts_the_wait(tmp_path: Path) -> None:
-    tracker, path = _touched(tmp_path, "appended.jpg", b"part", settle_s=0.3)
-    time.sleep(0.35)
+    tracker, clock, path = _touched(tmp_path, "appended.jpg", b"part", settle_s=3)
+    clock.advance(3)
     with path.open("ab") as handle:  # grew without an event reaching the tracker
         handle.write(b" more")
     assert tracker.ready() == []
-    time.sleep(0.35)
+    clock.advance(2)
+    assert tracker.ready() == []
+    clock.advance(1)
     assert tracker.ready() == [path]

@@ -22,8 +22,9 @@ def test_predict_json_lines(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app, ["predict", str(good), str(broken), str(missing), "--json", "--model", str(model)]
     )
-    assert result.exit_code == 0, result.output
-    records = [json.loads(line) for line in result.output.splitlines()]
+    assert result.exit_code == 1, result.output  # some files could not be scored
+    assert result.stderr.strip() == "2 of 3 file(s) could not be scored"
+    records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["path"] for r in records] == [str(good), str(broken), str(missing)]
     done, cut, absent = records
     assert done["status"] == "done" and done["label"] in ("fractured", "not_fractured")
@@ -35,7 +36,8 @@ def test_predict_json_lines(tmp_path: Path) -> None:
     assert (done["verdict"], done["doubt_threshold"], done["boxes"]) == (expected, None, [])
     assert cut["status"] == "failed" and cut["error"] and cut["sha256"]
     assert (cut["verdict"], cut["boxes"]) == (None, None)
-    assert absent["status"] == "failed" and absent["sha256"] is None and absent["error"]
+    assert absent["status"] == "failed" and absent["sha256"] is None
+    assert absent["error"].startswith("file not found")
 
     text = CliRunner().invoke(app, ["predict", str(good), "--model", str(model)])
     assert text.exit_code == 0
@@ -102,3 +104,15 @@ def test_a_model_that_cannot_be_set_up_as_asked_is_one_line_not_a_traceback(
         assert completed.returncode == 2, completed.stderr
         assert completed.stderr.startswith(f"error: {message}"), completed.stderr
         assert "Traceback" not in completed.stderr
+
+
+def test_predict_works_through_many_files_a_batch_at_a_time(tmp_path: Path) -> None:
+    files = [str(p) for p in sample_images()] * 3  # 24 files, batches of 5
+    model = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    result = CliRunner().invoke(
+        app, ["predict", *files, "--json", "--model", str(model)], env={"FRACTURE_BATCH_SIZE": "5"}
+    )
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in records] == files
+    assert {r["status"] for r in records} == {"done"}

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from model.calibration import calibrate, fit_temperature
 from model.evaluate import (
     bootstrap_auroc_ci,
     expected_calibration_error,
@@ -14,7 +15,6 @@ from model.evaluate import (
     summarise,
     threshold_for_sensitivity,
 )
-from model.train import calibrate, fit_temperature
 
 # 3 fractured, 5 not fractured; every probability in its own tenth.
 LABELS = np.array([1, 1, 1, 0, 0, 0, 0, 0])

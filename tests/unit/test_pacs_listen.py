@@ -85,8 +85,8 @@ def test_stored_instances_are_private_to_the_service(tmp_path: Path) -> None:
 def test_an_instance_that_cannot_be_stored_asks_the_sender_to_retry(tmp_path: Path) -> None:
     """The database is unreachable: no Success, but Out of Resources (A700), so the sender
     keeps the instance and tries again."""
+    from config import Settings
     from db.session import make_engine, make_session_factory
-    from fracture.settings import Settings
     from pacs.listen import OUT_OF_RESOURCES, StoreHandler
     from worker.app import make_celery
 

@@ -12,18 +12,17 @@ import pytest
 import torch
 
 from model import checkpoint as ckpt
-from model.data import scan
-from model.evaluate import evaluate, format_report, threshold_for_sensitivity
-from model.inference import Classifier
-from model.regions import REGIONS, disagrees, region_of_body_part
-from model.train import (
-    TrainConfig,
+from model.calibration import (
     calibrate,
     choose_region_thresholds,
     recalibrate,
     region_operating_points,
-    train,
 )
+from model.data import scan
+from model.evaluate import evaluate, format_report, threshold_for_sensitivity
+from model.inference import Classifier
+from model.regions import REGIONS, disagrees, region_of_body_part
+from model.train import TrainConfig, train
 from tests.helpers import make_tiny_checkpoint
 from tests.unit.test_model_training import SIZE, make_image_folder
 
@@ -257,6 +256,6 @@ def test_training_with_labels_csv_gives_a_two_head_model(tmp_path: Path) -> None
 
 def test_cli_default_minimum_matches_training() -> None:
     from fracture.model_commands import MIN_REGION_FRACTURES
-    from model.train import MIN_FRACTURES_FOR_REGION_THRESHOLD
+    from model.calibration import MIN_FRACTURES_FOR_REGION_THRESHOLD
 
     assert MIN_REGION_FRACTURES == MIN_FRACTURES_FOR_REGION_THRESHOLD

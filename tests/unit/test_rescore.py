@@ -39,9 +39,9 @@ def test_status_outside_done_and_failed_is_one_line_listing_them_exit_2(status: 
 def test_broker_is_the_configured_one_else_that_of_fracture_up_on_this_data_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fracture.broker import URL_FILE
-    from fracture.cli import UserError, _rescore_broker_url
-    from fracture.settings import Settings
+    from config import Settings, UserError
+    from fracture.cli import _rescore_broker_url
+    from worker.broker import URL_FILE
 
     monkeypatch.delenv("FRACTURE_BROKER_URL", raising=False)
     configured = Settings(data_dir=tmp_path, broker_url="redis://elsewhere:6379/0")

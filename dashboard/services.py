@@ -1,13 +1,12 @@
 """What the dashboard does besides drawing: upload → store → register → enqueue → wait, CSV
-export, the password check, the PACS send state in words, and image display helpers. No
-Streamlit in here.
+export, the PACS send state in words, and image display helpers (sign-in: dashboard/access.py).
+No Streamlit in here.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import hmac
 import io
 import json
 import logging
@@ -25,11 +24,11 @@ import numpy as np
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from config import Settings
 from db import browse, exports, queries
 from db.migrate import upgrade
 from db.models import DicomExport, ExportState, Image, ImageSource, ImageStatus, Prediction, utcnow
 from db.session import make_engine, make_session_factory, transaction
-from fracture.settings import Settings
 from worker import client
 from worker.app import make_celery
 
@@ -60,24 +59,6 @@ class Dashboard:
         factory = make_session_factory(make_engine(settings.resolved_database_url))
         celery = make_celery(settings, settings.broker_url) if settings.broker_url else None
         return cls(settings=settings, factory=factory, celery=celery)
-
-
-# -- access ----------------------------------------------------------------------------------
-
-
-def password_required(settings: Settings) -> bool:
-    return settings.dashboard_password is not None and bool(
-        settings.dashboard_password.get_secret_value()
-    )
-
-
-def password_ok(settings: Settings, attempt: str) -> bool:
-    """Constant-time comparison with FRACTURE_DASHBOARD_PASSWORD; True when none is set."""
-    if not password_required(settings):
-        return True
-    assert settings.dashboard_password is not None
-    expected = settings.dashboard_password.get_secret_value().encode()
-    return hmac.compare_digest(attempt.encode(), expected)
 
 
 # -- upload ----------------------------------------------------------------------------------
@@ -401,23 +382,9 @@ def display_pixels(pixels: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.n
     return cv2.resize(pixels.astype(np.float32), size, interpolation=cv2.INTER_AREA)
 
 
-def apply_window(
-    pixels: np.ndarray, level: float, width: float, *, invert: bool = False
-) -> np.ndarray:
-    """Window/level on [0, 1] greyscale: values in level ± width/2 span black to white."""
-    width = max(width, 1e-3)
-    low = level - width / 2
-    out = np.clip((pixels.astype(np.float32) - low) / width, 0.0, 1.0)
-    if invert:
-        out = 1.0 - out
-    return (out * 255.0 + 0.5).astype(np.uint8)
-
-
 # -- fracture boxes ----------------------------------------------------------------------------
 
 Box = tuple[float, float, float, float, float]  # x, y, width, height, score
-BOX_COLOUR = (255, 0, 170)  # magenta: absent from greyscale and from the jet heat map
-BOX_OUTLINE = (0, 0, 0)
 
 
 def valid_boxes(raw: object) -> list[Box]:
@@ -437,33 +404,3 @@ def valid_boxes(raw: object) -> list[Box]:
             continue
         boxes.append((x, y, w, h, score))
     return boxes
-
-
-def draw_boxes(image: np.ndarray, boxes: list[Box], original_size: tuple[int, int]) -> np.ndarray:
-    """Fracture boxes, given in the original image's pixels (upright (width, height)), drawn
-    with their scores on a displayed copy of any size (greyscale or RGB uint8): RGB uint8."""
-    from PIL import Image as PILImage
-    from PIL import ImageDraw, ImageFont
-
-    canvas = PILImage.fromarray(image).convert("RGB")
-    width, height = canvas.size
-    scale_x, scale_y = width / max(original_size[0], 1), height / max(original_size[1], 1)
-    line = max(2, round(max(width, height) / 300))
-    font = ImageFont.load_default(size=max(11, round(max(width, height) / 45)))
-    draw = ImageDraw.Draw(canvas)
-    for x, y, w, h, score in boxes:
-        left, top = x * scale_x, y * scale_y
-        right, bottom = (x + w) * scale_x, (y + h) * scale_y
-        # A dark edge under the coloured one keeps the box visible on bright bone and on red.
-        draw.rectangle((left, top, right, bottom), outline=BOX_OUTLINE, width=line + 2)
-        draw.rectangle((left + 1, top + 1, right - 1, bottom - 1), outline=BOX_COLOUR, width=line)
-        text = f"{score:.2f}"
-        text_left, text_top, text_right, text_bottom = draw.textbbox((0, 0), text, font=font)
-        tag_w, tag_h = text_right - text_left + 2 * line, text_bottom - text_top + 2 * line
-        tag_x = min(max(left, 0.0), max(width - tag_w, 0.0))
-        tag_y = top - tag_h if top - tag_h >= 0 else top  # above the box, or inside at the top
-        draw.rectangle((tag_x, tag_y, tag_x + tag_w, tag_y + tag_h), fill=BOX_COLOUR)
-        draw.text(
-            (tag_x + line - text_left, tag_y + line - text_top), text, fill=(0, 0, 0), font=font
-        )
-    return np.asarray(canvas)

@@ -8,18 +8,20 @@ from __future__ import annotations
 import hashlib
 import html
 import os
-import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import streamlit as st
 from sqlalchemy.orm import Session, sessionmaker
 
-from dashboard import services
-from db import browse, exports
+from dashboard import access, services
+from dashboard import viewer as viewer_links
+from db import browse, exports, reviews
 from db.models import (
     DicomExport,
     ExportState,
@@ -67,21 +69,22 @@ EXPORT_TEXT: dict[str, str] = {
     browse.NOT_EXPORTED: "not sent",
 }
 BROWSE_PAGE = "views/browse.py"
-# Browse's sidebar filters (widget keys); the model choice is reset to LATEST beside them.
-BROWSE_FILTER_KEYS = (
-    "f-verdicts",
-    "f-prob",
-    "f-dates",
-    "f-sources",
-    "f-statuses",
-    "f-review",
-    "f-name",
-    "f-regions",
-    "f-disagree",
-    "f-study",
-    "f-export",
-)
 LATEST = "latest"
+# Browse's sidebar filters: widget key → the value that filters nothing.
+BROWSE_FILTERS: dict[str, object] = {
+    "f-verdicts": [],
+    "f-prob": (0.0, 1.0),
+    "f-dates": [],
+    "f-sources": [],
+    "f-statuses": [],
+    "f-review": browse.ReviewState.ANY,
+    "f-name": "",
+    "f-regions": [],
+    "f-disagree": False,
+    "f-study": None,
+    "f-export": [],
+    "f-model": LATEST,
+}
 STUDY_ROWS = 50  # instances of a study listed in the record view
 
 _CSS = """
@@ -90,14 +93,15 @@ _CSS = """
 .fx-notice {border-left: 4px solid #f08c00; background: rgba(240,140,0,.10);
   padding: .35rem .8rem; border-radius: .3rem; font-size: .9rem; margin-bottom: .6rem;}
 .fx-card {border: 1px solid rgba(128,128,128,.35); border-radius: .5rem; padding: .9rem 1rem;}
-.fx-card.pos {border-left: 6px solid #e03131; background: rgba(224,49,49,.07);}
-.fx-card.neg {border-left: 6px solid #1c7ed6; background: rgba(28,126,214,.06);}
-.fx-card.doubt {border-left: 6px solid #e67700; background: rgba(230,119,0,.08);}
+.fx-card.pos {border: 2px solid #e03131; border-left: 8px solid #e03131;
+  background: rgba(224,49,49,.10);}
+.fx-card.doubt {border-left: 6px solid #e67700; background: rgba(230,119,0,.07);}
+.fx-card.neg {border-left: 4px solid #1c7ed6; background: rgba(28,126,214,.03);}
 .fx-card.fail {border-left: 6px solid #868e96; background: rgba(134,142,150,.08);}
 .fx-label {font-size: 1.45rem; font-weight: 700; letter-spacing: .01em; line-height: 1.2;}
-.fx-card.pos .fx-label {color: #e03131;}
-.fx-card.neg .fx-label {color: #1c7ed6;}
+.fx-card.pos .fx-label {color: #e03131; font-weight: 800;}
 .fx-card.doubt .fx-label {color: #e67700;}
+.fx-card.neg .fx-label {color: #1c7ed6; font-weight: 600;}
 .fx-prob {font-size: 1.0rem; margin: .35rem 0 .2rem 0; font-variant-numeric: tabular-nums;}
 .fx-bar {position: relative; height: 14px; border-radius: 7px; margin: .4rem 0 .15rem 0;}
 .fx-fill {position: absolute; top: 0; left: 0; bottom: 0; border-radius: 7px;
@@ -112,9 +116,19 @@ _CSS = """
 .fx-scale {position: relative; height: 1.1rem; font-size: .75rem; opacity: .75;
   font-variant-numeric: tabular-nums;}
 .fx-scale span {position: absolute; top: 0; white-space: nowrap;}
-.fx-scale .t {transform: translateX(-50%);}
+.fx-legend {font-size: .78rem; opacity: .85; font-variant-numeric: tabular-nums;}
+.fx-key {display: inline-block; width: 3px; height: .8rem; margin-right: .3rem;
+  vertical-align: -0.1rem; background: currentColor;}
+.fx-key.doubt {width: 2px; opacity: .7;}
+.fx-note {font-size: .8rem; opacity: .8; margin-top: .45rem; line-height: 1.4;}
+.fx-region {font-size: .92rem; margin-top: .5rem;}
 .fx-meta {font-size: .82rem; opacity: .85; margin-top: .5rem; line-height: 1.5;}
 .fx-meta code {font-size: .78rem;}
+@media (max-width: 640px) {
+  [data-testid="stColumn"]:has(> div > [class*="st-key-fx-side"]),
+  [data-testid="stColumn"]:has([class*="st-key-fx-side"]) {order: -1;}
+  [data-testid="stMainBlockContainer"] {padding-top: 2.6rem;}
+}
 [data-testid="stImage"] img {max-height: 64vh; width: auto; max-width: 100%;
   object-fit: contain; background: #000;}
 .fx-gap {height: .5rem;}
@@ -129,7 +143,7 @@ _CSS = """
 
 @st.cache_resource(show_spinner=False)
 def _dashboard(environment: str) -> services.Dashboard:
-    from fracture.cli import build_settings
+    from config import build_settings
 
     del environment  # the cache key: a new FRACTURE_* environment builds a new context
     return services.Dashboard.start(build_settings())
@@ -137,7 +151,7 @@ def _dashboard(environment: str) -> services.Dashboard:
 
 def dashboard() -> services.Dashboard:
     """The process's settings, database and broker handles; stops the page on bad settings."""
-    from fracture.cli import UserError
+    from config import UserError
 
     environment = sorted((k, v) for k, v in os.environ.items() if k.startswith("FRACTURE_"))
     key = hashlib.sha256(repr(environment).encode()).hexdigest()
@@ -172,32 +186,56 @@ def notice() -> None:
     )
 
 
+def sign_in_token() -> str | None:
+    """The sign-in cookie this browser opened the session with (see dashboard/access.py)."""
+    return st.context.cookies.get(access.COOKIE)
+
+
 def gate(dashboard: services.Dashboard) -> bool:
-    """True when the reader may see the dashboard (no password set, or signed in this session)."""
-    settings = dashboard.settings
-    if not services.password_required(settings) or st.session_state.get("signed_in"):
+    """True when the reader may see the dashboard: no password set, or this browser's sign-in
+    is still valid. The server's gate refuses a browser that never signed in; this check ends a
+    session whose sign-in expired or was signed out (in any tab) while it was open."""
+    tokens = access.tokens_for(dashboard.settings)
+    if tokens is None or tokens.valid(sign_in_token()):
         return True
-    st.subheader("Sign in")
-    with st.form("sign_in", clear_on_submit=True):
-        attempt = st.text_input("Dashboard password", type="password", key="password")
-        submitted = st.form_submit_button("Sign in", type="primary")
-    if submitted:
-        if services.password_ok(settings, attempt or ""):
-            st.session_state["signed_in"] = True
-            st.rerun()
-        time.sleep(1.0)  # slows guessing
-        st.error("Wrong password.")
-    st.caption("This dashboard is protected by a shared password (FRACTURE_DASHBOARD_PASSWORD).")
+    st.subheader("Signed out")
+    here = urlsplit(st.context.url or "/").path or "/"
+    query = urlencode(st.query_params.to_dict())
+    st.markdown(
+        "This browser's sign-in has ended: signed out, expired after "
+        f"{access.LIFETIME_S // 3600} hours, or the dashboard was restarted. "
+        f"[Sign in again]({access.sign_in_url(here + (f'?{query}' if query else ''))})"
+    )
     return False
 
 
 def sign_out_button(dashboard: services.Dashboard) -> None:
-    signed_in = st.session_state.get("signed_in", False)
-    if not (services.password_required(dashboard.settings) and signed_in):
-        return
-    if st.sidebar.button("Sign out", icon=":material/logout:"):
-        st.session_state["signed_in"] = False
-        st.rerun()
+    """Signs this browser out everywhere: its cookie is refused from now on, for pages, images
+    and exports alike."""
+    tokens = access.tokens_for(dashboard.settings)
+    if tokens is not None:
+        st.sidebar.button(
+            "Sign out",
+            icon=":material/logout:",
+            on_click=tokens.revoke,
+            args=(sign_in_token(),),
+        )
+
+
+def while_signed_in(
+    dashboard: services.Dashboard, produce: Callable[[], bytes]
+) -> Callable[[], bytes]:
+    """`produce`, refused once this browser's sign-in has ended: a download runs at its click,
+    which may come long after the page was drawn."""
+    tokens = access.tokens_for(dashboard.settings)
+    token = sign_in_token()
+
+    def checked() -> bytes:
+        if tokens is not None and not tokens.valid(token):
+            raise PermissionError("this browser is signed out: sign in again to export")
+        return produce()
+
+    return checked
 
 
 # -- time ----------------------------------------------------------------------------------------
@@ -283,16 +321,27 @@ def verdict_text(verdict: str | None) -> str:
 
 
 def operating_points(prediction: Prediction) -> str:
-    """The probability and both operating points in one line: "p = 0.412; fracture at ≥ 0.350,
-    doubt at ≥ 0.120"."""
-    text = f"p = {prediction.probability:.3f}; fracture at ≥ {prediction.threshold:.3f}"
+    """The probability against the operating points, with the digits the bar uses: "p = 0.370;
+    the fracture threshold is 0.050, the doubt threshold 0.020"."""
+    threshold = f"the fracture threshold is {prediction.threshold:.3f}"
+    if prediction.threshold_source.startswith("region:"):
+        threshold += f" (for {prediction.threshold_source.removeprefix('region:')})"
+    text = f"p = {prediction.probability:.3f}; {threshold}"
     if prediction.doubt_threshold is None:
         return text + " (one operating point: no doubt band for this model)"
-    return text + f", doubt at ≥ {prediction.doubt_threshold:.3f}"
+    return text + f", the doubt threshold {prediction.doubt_threshold:.3f}"
+
+
+PROBABILITY_NOTE = (
+    "p is the model's calibrated probability of a fracture. The thresholds were chosen on "
+    "validation images for a target sensitivity, so that few fractures are missed: a fracture "
+    "can be suspected at a low p."
+)
 
 
 def _bar(prediction: Prediction) -> str:
-    """The probability bar: zones no fracture / doubt / fracture, the operating points marked."""
+    """The probability bar: zones no fracture / doubt / fracture, the operating points marked and
+    named in a legend below (a label at its mark would cover the scale's ends)."""
     probability = min(max(prediction.probability, 0.0), 1.0)
     threshold = min(max(prediction.threshold, 0.0), 1.0)
     doubt = prediction.doubt_threshold
@@ -305,30 +354,21 @@ def _bar(prediction: Prediction) -> str:
     )
     marks = (
         f'<div class="fx-thr" style="left:calc({threshold * 100:.1f}% - 1px)" '
-        f'title="fracture at ≥ {threshold:.3f}"></div>'
+        f'title="fracture threshold {threshold:.3f}"></div>'
     )
-    scale = f"fracture {threshold:.2f}"
+    legend = f'<span class="fx-key"></span>fracture threshold {threshold:.3f}'
     if doubt is not None:
         marks += (
             f'<div class="fx-thr doubt" style="left:calc({doubt * 100:.1f}% - 1px)" '
-            f'title="doubt at ≥ {doubt:.3f}"></div>'
+            f'title="doubt threshold {doubt:.3f}"></div>'
         )
-    labels = [(threshold, scale)]
-    if doubt is not None:
-        if threshold - doubt >= 0.2:
-            labels.append((doubt, f"doubt {doubt:.2f}"))
-        else:  # too close for two labels: one, between the marks
-            labels = [((threshold + doubt) / 2, f"doubt {doubt:.2f} · {scale}")]
-    scale_html = "".join(
-        f'<span class="t" style="left:{min(max(at, 0.14), 0.86) * 100:.1f}%">{text}</span>'
-        for at, text in labels
-    )
+        legend += f' · <span class="fx-key doubt"></span>doubt threshold {doubt:.3f}'
     return (
         f'<div class="fx-bar" style="background:linear-gradient(90deg, {zones})" '
         f'title="probability {probability:.3f}">'
         f'<div class="fx-fill" style="width:{probability * 100:.1f}%"></div>{marks}</div>'
-        f'<div class="fx-scale"><span style="left:0">0</span>{scale_html}'
-        '<span style="right:0">1</span></div>'
+        '<div class="fx-scale"><span style="left:0">0</span><span style="right:0">1</span></div>'
+        f'<div class="fx-legend">{legend}</div>'
     )
 
 
@@ -356,18 +396,25 @@ def verdict_card(
         timing.insert(0, f"answered in {waited_s:.1f} s")
     meta = [
         f"Model <code>{html.escape(prediction.model_version)}</code>",
-        f"Threshold {prediction.threshold:.3f} ({html.escape(prediction.threshold_source)})",
         " · ".join(timing),
         f"Analysed {html.escape(local_time(prediction.created_at))}",
     ]
+    # The region has its own line and its own confidence: beside the verdict, readers took it
+    # for the confidence in the finding.
     region = region_line(prediction)
-    heading = verdict_text(verdict) + (f" — {region}" if region else "")
+    region_html = (
+        f'<div class="fx-region">Body region (model\'s guess): {html.escape(region)}</div>'
+        if region
+        else ""
+    )
     st.markdown(
         f'<div class="fx-card {VERDICT_CLASS.get(verdict, "fail")}">'
-        f'<div class="fx-label">{html.escape(heading)}</div>'
+        f'<div class="fx-label">{html.escape(verdict_text(verdict))}</div>'
         f'<div class="fx-prob">Fracture probability <b>{prediction.probability:.3f}</b></div>'
         f'<div class="fx-ops">{html.escape(operating_points(prediction))}</div>'
         f"{_bar(prediction)}"
+        f'<div class="fx-note">{html.escape(PROBABILITY_NOTE)}</div>'
+        f"{region_html}"
         f'<div class="fx-meta">{"<br>".join(meta)}</div></div>',
         unsafe_allow_html=True,
     )
@@ -389,20 +436,6 @@ def verdict_card(
 # -- images --------------------------------------------------------------------------------------
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def _decoded(path: str, sha256: str, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Display pixels and the original's upright (width, height), the frame boxes are in."""
-    from model.decode import decode
-    from worker.processing import read_verified
-
-    decoded = decode(read_verified(path, sha256), target_size=None, max_pixels=max_pixels)
-    return services.display_pixels(decoded.pixels), decoded.upright_size
-
-
-def _pixels(path: str, sha256: str, max_pixels: int) -> np.ndarray:
-    return _decoded(path, sha256, max_pixels)[0]
-
-
 def boxes_of(prediction: Prediction | None) -> list[services.Box] | None:
     """The prediction's drawable fracture boxes; None when its model draws none."""
     if prediction is None or prediction.boxes is None:
@@ -410,156 +443,111 @@ def boxes_of(prediction: Prediction | None) -> list[services.Box] | None:
     return services.valid_boxes(prediction.boxes)
 
 
-def boxes_note(boxes: list[services.Box] | None, shown: bool) -> str:
+def boxes_note(boxes: list[services.Box] | None) -> str:
     """What the caption says about the boxes."""
     if boxes is None:
         return ""
     if not boxes:
         return " · no fracture region marked"
-    if not shown:
-        return " · fracture boxes hidden"
     scores = ", ".join(f"{b[4]:.2f}" for b in boxes)
     return f" · {len(boxes)} fracture box{'es' if len(boxes) > 1 else ''} (score {scores})"
 
 
-def _with_boxes(
-    shown: np.ndarray, boxes: list[services.Box] | None, original_size: tuple[int, int]
-) -> np.ndarray:
-    return services.draw_boxes(shown, boxes, original_size) if boxes else shown
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def _stored_heatmap(heatmap_path: str, path: str, sha256: str, max_pixels: int) -> np.ndarray | str:
-    """A stored Grad-CAM grid drawn over the image; an overlay file from before grids were
-    stored is shown as it is."""
-    from model.explain import MAP_SUFFIX, load_map, overlay
-
-    if not heatmap_path.endswith(MAP_SUFFIX):
-        return heatmap_path
-    return overlay(_pixels(path, sha256, max_pixels), load_map(Path(heatmap_path)))
-
-
 @st.cache_data(max_entries=16, show_spinner="Computing the heatmap…")
-def _heatmap_now(path: str, sha256: str, model_path: str, max_pixels: int) -> np.ndarray:
-    from worker.processing import read_verified
+def _heatmap_now(
+    path: str, sha256: str, model_path: str, max_pixels: int
+) -> tuple[tuple[float, ...], ...]:
+    """The current model's map for an image, computed here (CPU) and not stored."""
+    from model.files import read_file
 
     model = classifier(model_path, max_pixels)
-    return model.heatmaps([model.prepare(read_verified(path, sha256))])[0]
-
-
-def _auto_window(pixels: np.ndarray, key: str) -> None:
-    low, high = (float(v) for v in np.percentile(pixels, [1, 99]))
-    st.session_state[f"{key}-level"] = round((low + high) / 2 * 100)
-    st.session_state[f"{key}-width"] = max(1, round((high - low) * 100))
-
-
-def _reset_window(key: str) -> None:
-    st.session_state[f"{key}-level"] = 50
-    st.session_state[f"{key}-width"] = 100
-    st.session_state[f"{key}-invert"] = False
-
-
-def viewer(
-    image: Image,
-    settings_max_pixels: int,
-    *,
-    key: str,
-    boxes: list[services.Box] | None = None,
-    show_boxes: bool = True,
-) -> None:
-    """The radiograph with window/level (centre/width, % of the stored range) and invert, and
-    the fracture boxes (when shown) with their scores."""
-    from model.decode import DecodeError
-
-    try:
-        pixels, original_size = _decoded(image.path, image.sha256, settings_max_pixels)
-    except DecodeError as exc:
-        st.info(f"The original cannot be shown: {exc}", icon=":material/hide_image:")
-        return
-    st.session_state.setdefault(f"{key}-level", 50)
-    st.session_state.setdefault(f"{key}-width", 100)
-    level = st.session_state[f"{key}-level"]
-    width = st.session_state[f"{key}-width"]
-    invert = st.session_state.get(f"{key}-invert", False)
-    windowed = services.apply_window(pixels, level / 100, width / 100, invert=invert)
-    st.image(
-        _with_boxes(windowed, boxes if show_boxes else None, original_size),
-        caption=f"Original · level {level}% · window {width}%"
-        + (" · inverted" if invert else "")
-        + boxes_note(boxes, show_boxes),
-        width="stretch",
-    )
-    left, right = st.columns(2)
-    left.slider("Level (centre)", 0, 100, key=f"{key}-level", help="% of the stored range")
-    right.slider("Window (width)", 1, 100, key=f"{key}-width", help="% of the stored range")
-    a, b, c = st.columns([1, 1, 1])
-    a.toggle("Invert", key=f"{key}-invert")
-    b.button("Auto contrast", key=f"{key}-auto", on_click=_auto_window, args=(pixels, key))
-    c.button("Reset", key=f"{key}-reset", on_click=_reset_window, args=(key,))
+    _, maps = model.predict_prepared([model.prepare(read_file(path, sha256=sha256))], "all")
+    grid = np.round(np.clip(maps[0], 0.0, 1.0), 3)
+    return tuple(tuple(float(v) for v in row) for row in grid)
 
 
 GRAD_CAM_CAPTION = "Grad-CAM: where the model's evidence lies; not an outline of the fracture"
 HEAT_CAPTION = "Fracture heat map: where the model, trained on radiologists' outlines, sees one"
+VIEWER_PX = 620  # the viewer's height: the image and two rows of controls
 
 
-def heatmap(
-    dashboard: services.Dashboard,
-    image: Image,
-    prediction: Prediction | None,
-    *,
-    show_boxes: bool = True,
-) -> None:
-    """The stored heat map overlay (the model's own fracture map, or Grad-CAM for a model
-    without one), or one computed now on request (not stored); boxes drawn over it."""
-    if prediction is None:
-        st.caption("No heatmap: the image has no prediction.")
-        return
-    boxes = boxes_of(prediction)
-    drawn = boxes if show_boxes else None
-    # A model that draws boxes has a heat head: its stored map is that head's, not Grad-CAM.
-    caption = GRAD_CAM_CAPTION if boxes is None else HEAT_CAPTION
+def _heat_source(
+    dashboard: services.Dashboard, image: Image, prediction: Prediction | None
+) -> tuple[viewer_links.Source | None, str]:
+    """The heat map the viewer overlays (stored, or computed on request) and its caption."""
     from model.decode import DecodeError
+    from model.explain import MAP_SUFFIX
 
-    if prediction.heatmap_path and Path(prediction.heatmap_path).is_file():
-        try:
-            shown = _stored_heatmap(
-                prediction.heatmap_path, image.path, image.sha256, dashboard.settings.max_pixels
-            )
-            if not isinstance(shown, str) and drawn:
-                original_size = _decoded(image.path, image.sha256, dashboard.settings.max_pixels)[1]
-                shown = _with_boxes(shown, drawn, original_size)
-        except (DecodeError, OSError, ValueError) as exc:
-            st.info(f"The stored heatmap cannot be shown: {exc}", icon=":material/hide_image:")
-            return
-        st.image(shown, caption=caption + boxes_note(boxes, show_boxes), width="stretch")
-        return
+    if prediction is None:
+        return None, "No heatmap: the image has no prediction."
+    # A model that draws boxes has a heat head: its stored map is that head's, not Grad-CAM.
+    caption = GRAD_CAM_CAPTION if prediction.boxes is None else HEAT_CAPTION
+    stored = prediction.heatmap_path
+    if stored and stored.endswith(MAP_SUFFIX) and Path(stored).is_file():
+        return viewer_links.Source(kind="heat", path=stored), caption
+    if stored and Path(stored).is_file():  # an overlay stored before maps were: shown as it is
+        st.image(stored, caption=caption, width="stretch")
+        return None, caption
+    if not st.session_state.get(f"heatmap-{prediction.id}"):
+        return None, ""
     settings = dashboard.settings
-    state_key = f"heatmap-{prediction.id}"
-    if st.session_state.get(state_key):
-        try:
-            overlay = _heatmap_now(
-                image.path, image.sha256, str(settings.resolved_model_path), settings.max_pixels
-            )
-            original_size = _decoded(image.path, image.sha256, settings.max_pixels)[1]
-        except (DecodeError, OSError, ValueError) as exc:
-            st.info(f"A heatmap cannot be computed: {exc}", icon=":material/hide_image:")
-            return
-        loaded = classifier(str(settings.resolved_model_path), settings.max_pixels)
-        caption = HEAT_CAPTION if loaded.checkpoint.heat else GRAD_CAM_CAPTION
-        note = ""
-        if loaded.version != prediction.model_version:
-            note = f" · computed with {loaded.version}, not the model that made this prediction"
-        st.image(
-            _with_boxes(overlay, drawn, original_size),
-            caption=f"{caption} · computed on request, not stored{note}"
-            + boxes_note(boxes, show_boxes),
-            width="stretch",
+    try:
+        grid = _heatmap_now(
+            image.path, image.sha256, str(settings.resolved_model_path), settings.max_pixels
         )
+    except (DecodeError, OSError, ValueError) as exc:
+        st.info(f"A heatmap cannot be computed: {exc}", icon=":material/hide_image:")
+        return None, ""
+    loaded = classifier(str(settings.resolved_model_path), settings.max_pixels)
+    caption = HEAT_CAPTION if loaded.checkpoint.heat else GRAD_CAM_CAPTION
+    caption += " · computed on request, not stored"
+    if loaded.version != prediction.model_version:
+        caption += f" · computed with {loaded.version}, not the model that made this prediction"
+    return viewer_links.Source(kind="heat", path="", grid=grid), caption
+
+
+def viewer(
+    dashboard: services.Dashboard, image: Image, prediction: Prediction | None, *, key: str
+) -> None:
+    """The radiograph in the browser's viewer (dashboard/viewer.py): zoom and pan, window/level
+    with the DICOM file's windows as presets, heat map and fracture boxes as overlays. Nothing
+    is decoded here: the browser asks for the pixels over its own signed-in link."""
+    if image.status == ImageStatus.FAILED and not Path(image.path).is_file():
+        st.info("The original cannot be shown: its file is gone.", icon=":material/hide_image:")
         return
-    st.caption("No stored heatmap: the worker stores one for fracture and doubt answers only.")
-    if st.button("Compute heatmap", key=f"{state_key}-btn", icon=":material/blur_on:"):
-        st.session_state[state_key] = True
-        st.rerun()
+    tokens = access.tokens_for(dashboard.settings)
+    cookie = sign_in_token() if tokens is not None else None
+    source = viewer_links.Source(
+        kind="image", path=image.path, sha256=image.sha256, max_pixels=dashboard.settings.max_pixels
+    )
+    heat, heat_caption = _heat_source(dashboard, image, prediction)
+    boxes = boxes_of(prediction)
+    spec = {
+        "title": f"Image #{image.id}",
+        "image": viewer_links.LINKS.issue(source, cookie),
+        "heat": viewer_links.LINKS.issue(heat, cookie) if heat is not None else None,
+        "heatOn": heat is not None,
+        "boxes": [list(b) for b in boxes or []],
+    }
+    st.iframe(
+        viewer_links.page(spec),
+        height=VIEWER_PX,
+        alt=f"Radiograph viewer, image #{image.id}",
+    )
+    size = f"{image.width} × {image.height} px" if image.width else "original"
+    st.caption(
+        f"Original, {size} (shown up to {viewer_links.VIEW_MAX_SIDE} px) · scroll or pinch to "
+        "zoom, drag to pan, shift-drag for window/level"
+        + (f" · {heat_caption}" if heat_caption and heat is not None else "")
+        + boxes_note(boxes)
+    )
+    if prediction is not None and heat is None and not heat_caption:
+        st.caption("No stored heatmap: the worker stores one for fracture and doubt answers only.")
+        if st.button(
+            "Compute heatmap", key=f"heatmap-{prediction.id}-btn", icon=":material/blur_on:"
+        ):
+            st.session_state[f"heatmap-{prediction.id}"] = True
+            st.rerun()
 
 
 # -- fields and reviews ------------------------------------------------------------------------
@@ -680,7 +668,7 @@ def review_panel(dashboard: services.Dashboard, prediction: Prediction) -> None:
     if confirm or correct:
         try:
             with transaction(dashboard.factory) as session:
-                browse.add_review(
+                reviews.add_review(
                     session=session,
                     prediction_id=prediction.id,
                     reviewer=reader or "",
@@ -694,12 +682,12 @@ def review_panel(dashboard: services.Dashboard, prediction: Prediction) -> None:
             st.success(f"Review saved: {label_text(prediction.label if confirm else other)}.")
     with dashboard.factory() as session:
         detail = browse.image_detail(session=session, image_id=prediction.image_id)
-    reviews = next(
+    stored = next(
         (p.reviews for p in (detail.predictions if detail else []) if p.id == prediction.id), []
     )
-    if not reviews:
+    if not stored:
         st.caption("Not reviewed yet.")
-    for review in reversed(reviews):
+    for review in reversed(stored):
         mark = "✓ agrees" if review.agrees else "✗ corrected to"
         note_text = f" — “{html.escape(review.note)}”" if review.note else ""
         st.markdown(
@@ -764,28 +752,11 @@ def detail(
     if image.status == ImageStatus.FAILED:
         reason = image.error or "no error text stored"
         st.error(f"Analysis failed: {reason}", icon=":material/error:")
-    boxes = boxes_of(prediction)
-    show_boxes = True
-    if boxes:
-        show_boxes = st.toggle(
-            "Show fracture boxes",
-            value=True,
-            key=f"{key}-boxes",
-            help="Where the model locates a fracture, each box with its score (0–1). "
-            "A box is a pointer for the reader, not an outline.",
-        )
-    original, overlay, side = st.columns([5, 5, 4], gap="medium")
-    with original:
-        viewer(
-            image,
-            dashboard.settings.max_pixels,
-            key=f"{key}-{image.id}",
-            boxes=boxes,
-            show_boxes=show_boxes,
-        )
-    with overlay:
-        heatmap(dashboard, image, prediction, show_boxes=show_boxes)
-    with side:
+    # On a phone the columns stack: the verdict comes first (CSS: .st-key-fx-side).
+    picture, side = st.columns([7, 4], gap="medium")
+    with picture:
+        viewer(dashboard, image, prediction, key=key)
+    with side, st.container(key=f"fx-side-{key}"):
         verdict_card(image, prediction, waited_s=waited_s)
         if prediction is not None:
             review_panel(dashboard, prediction)
@@ -805,15 +776,21 @@ def detail(
 # -- DICOM: the study and the results sent to PACS ---------------------------------------------
 
 
+def clear_browse_filters() -> None:
+    """Every Browse filter back to the value that filters nothing, first page shown. A callback
+    (it runs before the widgets are drawn). Each value is set, not deleted: a deleted key leaves
+    the browser showing the old value, and sending it back with the next change."""
+    for name, value in BROWSE_FILTERS.items():
+        st.session_state[name] = list(value) if isinstance(value, list) else value
+    st.session_state["page"] = 1
+
+
 def show_in_browse(filters: dict[str, object], open_image: int | None = None) -> None:
     """Browse with only these filters set (widget key → value) and first page shown; a button
     callback, so it runs before any widget it sets is drawn. The caller switches page."""
-    for name in BROWSE_FILTER_KEYS:
-        st.session_state.pop(name, None)
-    st.session_state["f-model"] = LATEST
+    clear_browse_filters()
     for name, value in filters.items():
         st.session_state[name] = value
-    st.session_state["page"] = 1
     if open_image is not None:
         st.session_state["open-image"] = open_image
         st.session_state["open-prediction"] = None

@@ -1,6 +1,7 @@
 """Browse page: every stored prediction, filtered, sorted and paged by the database; one opens
-below the table with its image, heatmap, fields, review form and, for an instance received over
-DICOM, its study and its results' trip to PACS.
+right under a shortened table (in view, the row kept highlighted) with its image, heatmap,
+fields, review form and, for an instance received over DICOM, its study and its results' trip to
+PACS. `?image=57` links to a record.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ REVIEW_STATES = {
     browse.ReviewState.DISAGREED: "Reader corrected",
 }
 PAGE_SIZES = (25, 50, 100, 200)
+ROW_PX, HEADER_PX = 35, 38
+TABLE_PX = 640  # the table's height with no record open
+TABLE_ROWS_WITH_RECORD = 6  # with one open: short, so the record below it starts in view
+CHOICES_TTL_S = 30  # a new model version or region shows in the filters within this
 STUDY_CHOICES = 500  # the most recently received studies offered in the study filter
 VERSION_CHOICES = {
     ui.LATEST: "Latest prediction per image",
@@ -40,29 +45,96 @@ def _first_page() -> None:
     st.session_state["page"] = 1
 
 
-def _clear_filters() -> None:
-    for key in ui.BROWSE_FILTER_KEYS:
-        st.session_state.pop(key, None)
-    st.session_state["f-model"] = ui.LATEST
-    _first_page()
-
-
 def _step(delta: int, pages: int) -> None:
     st.session_state["page"] = min(max(1, int(st.session_state.get("page", 1)) + delta), pages)
 
 
 def _open_selected() -> None:
-    """A row picked in the table becomes the open image."""
-    selection = st.session_state["table"].selection.rows
+    """A row picked in the table becomes the open image. An empty selection changes nothing: the
+    table reports one back when a typed image is not on this page (Close record closes)."""
+    selection = st.session_state["table"]["selection"]["rows"]
     keys: list[tuple[int, int | None]] = st.session_state.get("page-keys", [])
     if selection and selection[0] < len(keys):
         st.session_state["open-image"], st.session_state["open-prediction"] = keys[selection[0]]
 
 
+def _close_record() -> None:
+    st.session_state["open-image"] = st.session_state["open-prediction"] = None
+
+
+def _follow_link() -> None:
+    """`?image=57` (a link to a record, or the page asked for before signing in) opens that
+    record when this session first shows Browse."""
+    linked = st.query_params.get("image", "")
+    if "open-image" not in st.session_state and linked.isdigit():
+        st.session_state["open-image"] = int(linked)
+        st.session_state["open-prediction"] = None
+
+
+def _highlight_open_row(keys: list[tuple[int, int | None]]) -> None:
+    """The table highlights the open record's row (none when it is not on this page), whether
+    it was clicked or typed: list and record never disagree."""
+    image_id = st.session_state.get("open-image")
+    prediction_id = st.session_state.get("open-prediction")
+    rows = [i for i, key in enumerate(keys) if key == (image_id, prediction_id)]
+    rows = (rows or [i for i, (image, _) in enumerate(keys) if image == image_id])[:1]
+    shown = st.session_state.get("table")
+    if rows != (list(shown["selection"]["rows"]) if shown else []):  # set only to change it
+        st.session_state["table"] = {"selection": {"rows": rows, "columns": []}}
+
+
+FILTER_NAMES = {
+    "f-verdicts": "verdict",
+    "f-prob": "probability",
+    "f-dates": "received",
+    "f-sources": "source",
+    "f-statuses": "status",
+    "f-review": "review",
+    "f-name": "file name",
+    "f-regions": "region",
+    "f-disagree": "DICOM body part",
+    "f-study": "study",
+    "f-export": "PACS",
+    "f-model": "model",
+}
+
+
+def active_filters() -> list[str]:
+    """The filters set to anything but "any", by name."""
+
+    def same(value: object, default: object) -> bool:
+        if isinstance(value, list | tuple) and isinstance(default, list | tuple):
+            return list(value) == list(default)
+        return value == default or (value in ("", None) and default in ("", None))
+
+    return [
+        FILTER_NAMES.get(key, key)
+        for key, default in ui.BROWSE_FILTERS.items()
+        if not same(st.session_state.get(key, default), default)
+    ]
+
+
+@st.cache_data(ttl=CHOICES_TTL_S, show_spinner=False)
+def choices(
+    _dashboard: services.Dashboard, database_url: str
+) -> tuple[list[str], list[str], dict[str, browse.Study], dict[str, int]]:
+    """What the filters offer (model versions, regions, recent studies, PACS states), asked of
+    the database at most every CHOICES_TTL_S seconds, not at every click."""
+    del database_url  # the cache key
+    with _dashboard.factory() as session:
+        return (
+            browse.model_versions(session=session),
+            browse.predicted_regions(session=session),
+            {s.study_uid: s for s in browse.studies(session=session, limit=STUDY_CHOICES)},
+            dict(exports.counts(session=session)),
+        )
+
+
 def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.SortKey]:
-    """The sidebar: every filter is applied by the database, not to a loaded table."""
-    side = st.sidebar
-    side.markdown("**Filter**")
+    """The filters, in the page (a phone hides the sidebar), each applied by the database, not
+    to a loaded table. The expander's label stays the same (a new label would close it); the
+    line above the table names the filters that are on."""
+    side = st.expander("Filters", icon=":material/filter_alt:")
     verdicts = side.multiselect(
         "Verdict",
         browse.VERDICTS,
@@ -114,16 +186,14 @@ def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.
     name = side.text_input(
         "File name contains", key="f-name", on_change=_first_page, placeholder="e.g. ward3/"
     )
-    with dashboard.factory() as session:
-        versions = browse.model_versions(session=session)
-        regions = browse.predicted_regions(session=session)
-        studies = {s.study_uid: s for s in browse.studies(session=session, limit=STUDY_CHOICES)}
-        chosen_study = st.session_state.get("f-study")
-        if chosen_study and chosen_study not in studies:  # an older study, opened from a record
+    versions, regions, listed, sends = choices(dashboard, dashboard.settings.resolved_database_url)
+    studies = dict(listed)
+    chosen_study = st.session_state.get("f-study")
+    if chosen_study and chosen_study not in studies:  # an older study, opened from a record
+        with dashboard.factory() as session:
             found = browse.study(session=session, study_uid=chosen_study)
-            if found is not None:
-                studies[chosen_study] = found
-        sends = exports.counts(session=session)
+        if found is not None:
+            studies[chosen_study] = found
     study = None
     if studies or chosen_study:
         options = list(studies)
@@ -174,7 +244,7 @@ def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.
         help="A new model adds predictions beside the old ones; the table shows each image's "
         "latest unless you pick a version.",
     )
-    side.button("Clear filters", on_click=_clear_filters, icon=":material/filter_alt_off:")
+    side.button("Clear filters", on_click=ui.clear_browse_filters, icon=":material/filter_alt_off:")
     start, before = ui.day_bounds(tuple(days) if isinstance(days, tuple | list) else (days,))
     flt = browse.BrowseFilter(
         verdicts=tuple(verdicts),
@@ -244,7 +314,7 @@ def table(page: browse.Page) -> pd.DataFrame:
 
 def render() -> None:
     dashboard = ui.dashboard()
-    flt, _ = filters(dashboard)
+    _follow_link()
     top = st.columns([3, 2, 1, 1], vertical_alignment="bottom")
     top[0].subheader("Browse predictions")
     sort = top[1].selectbox(
@@ -258,6 +328,7 @@ def render() -> None:
         "Rows per page", PAGE_SIZES, index=1, key="page-size", on_change=_first_page
     )
     top[3].button("Refresh", icon=":material/refresh:", width="stretch")
+    flt, _ = filters(dashboard)
 
     try:
         with dashboard.factory() as session:
@@ -272,7 +343,8 @@ def render() -> None:
         st.error(f"Cannot filter like that: {exc}.")
         return
     st.session_state["page"] = page.page
-    st.session_state["page-keys"] = [(r.image_id, r.prediction_id) for r in page.rows]
+    keys = [(r.image_id, r.prediction_id) for r in page.rows]
+    st.session_state["page-keys"] = keys
 
     first = (page.page - 1) * page.page_size + 1 if page.total else 0
     last = min(page.total, page.page * page.page_size)
@@ -280,6 +352,7 @@ def render() -> None:
     nav[0].markdown(
         f"**{page.total:,}** matching rows · showing {first:,}–{last:,} · "
         f"page {page.page:,} of {page.pages:,}"
+        + (f" · filtered by {', '.join(active_filters())}" if active_filters() else "")
     )
     nav[1].button(
         "Previous",
@@ -300,7 +373,10 @@ def render() -> None:
     )
     nav[4].download_button(
         "Export CSV",
-        data=lambda: services.export_csv(dashboard.factory, flt, browse.SortKey(sort)),
+        # Built at the click, from the filters and order the table shows.
+        data=ui.while_signed_in(
+            dashboard, lambda: services.export_csv(dashboard.factory, flt, browse.SortKey(sort))
+        ),
         file_name=f"fracture-predictions-{utcnow():%Y%m%d-%H%M}.csv",
         mime="text/csv",
         on_click="ignore",
@@ -309,12 +385,16 @@ def render() -> None:
         width="stretch",
     )
 
+    st.session_state.setdefault("open-image", None)  # set by a table click, a link, or typed
+    record_open = st.session_state["open-image"] is not None
     if page.rows:
+        _highlight_open_row(keys)
+        rows = min(len(page.rows), TABLE_ROWS_WITH_RECORD) if record_open else len(page.rows)
         st.dataframe(
             table(page),
             hide_index=True,
             width="stretch",
-            height=min(38 + 35 * len(page.rows), 640),
+            height=min(HEADER_PX + ROW_PX * rows, TABLE_PX),
             key="table",
             on_select=_open_selected,
             selection_mode="single-row",
@@ -323,12 +403,12 @@ def render() -> None:
                 "Probability": st.column_config.ProgressColumn(
                     min_value=0.0, max_value=1.0, format="%.3f", width="small"
                 ),
-                "Threshold": st.column_config.NumberColumn(format="%.2f", width="small"),
+                "Threshold": st.column_config.NumberColumn(format="%.3f", width="small"),
                 "File": st.column_config.TextColumn(width="medium"),
                 "Study": st.column_config.TextColumn(
                     width="small",
                     help="DICOM Study Instance UID, its last 12 characters (— : not received "
-                    "over DICOM). The record below shows it in full; the sidebar filters by it.",
+                    "over DICOM). The record below shows it in full; Filters filters by it.",
                 ),
                 "PACS": st.column_config.TextColumn(
                     width="small", help="The result's trip back to PACS: sent, pending, failed."
@@ -339,15 +419,18 @@ def render() -> None:
     else:
         st.info("No stored prediction matches these filters.", icon=":material/search_off:")
 
-    st.divider()
-    chosen = st.columns([1, 5], vertical_alignment="bottom")
-    st.session_state.setdefault("open-image", None)  # set by a table click, or typed here
+    chosen = st.columns([1, 1, 4], vertical_alignment="bottom")
     image_id = chosen[0].number_input(
         "Open image #", min_value=1, step=1, key="open-image", placeholder="id"
     )
     if image_id is None:
-        chosen[1].caption("Select a row in the table (or type an image number) to open it here.")
+        chosen[2].caption("Select a row in the table (or type an image number) to open it here.")
+        if "image" in st.query_params:
+            del st.query_params["image"]
         return
+    chosen[1].button("Close record", on_click=_close_record, icon=":material/close:")
+    if st.query_params.get("image") != str(image_id):
+        st.query_params["image"] = str(image_id)  # the address bar links to this record
     ui.detail(
         dashboard,
         int(image_id),

@@ -5,6 +5,7 @@ and the workers, and how often readers agree with each model version.
 from __future__ import annotations
 
 import html
+from datetime import UTC, datetime
 
 import altair as alt
 import pandas as pd
@@ -12,8 +13,9 @@ import streamlit as st
 from celery import Celery
 
 from dashboard import services, ui
-from db import browse, exports, versions
-from db.models import ExportState
+from db import browse, exports, queries, reviews, versions
+from db.models import ExportState, Worker
+from model.agreement import Agreement
 from worker import client
 
 
@@ -28,7 +30,7 @@ def _percent(value: float | None) -> str:
     return "—" if value is None else f"{value:.1%}"
 
 
-def agreement_table(rows: list[browse.Agreement]) -> pd.DataFrame:
+def agreement_table(rows: list[Agreement]) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "Model version": [a.model_version for a in rows],
@@ -193,13 +195,65 @@ def pacs_figures(dashboard: services.Dashboard, sends: dict[str, int]) -> None:
         st.switch_page(ui.BROWSE_PAGE)
 
 
+def heartbeat_rows(
+    workers: list[Worker], dead_after_s: float, now: datetime
+) -> list[dict[str, str]]:
+    """One row per worker heard from today: how long it has run and whether it still beats."""
+    rows = []
+    for worker in workers:
+        silent = (now - _aware(worker.heartbeat_at)).total_seconds()
+        up = (now - _aware(worker.started_at)).total_seconds()
+        rows.append(
+            {
+                "worker": worker.name,
+                "state": "alive" if silent <= dead_after_s else "silent (stopped or lost)",
+                "running for": _duration(up),
+                "last heartbeat": f"{_duration(silent)} ago",
+            }
+        )
+    return rows
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def heartbeat_table(dashboard: services.Dashboard) -> None:
+    """Workers by their heartbeats in the database: a worker that was restarted shows as a new
+    row beside the silent one it replaced, whose images were re-sent."""
+    with dashboard.factory() as session:
+        workers = queries.worker_heartbeats(session=session)
+    if not workers:
+        return
+    rows = heartbeat_rows(workers, dashboard.settings.dead_after_s, datetime.now(UTC))
+    silent = sum(row["state"] != "alive" for row in rows)
+    with st.expander(
+        f"Worker heartbeats (last 24 h): {len(rows) - silent} alive, {silent} silent",
+        expanded=bool(silent),
+    ):
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        st.caption(
+            "A silent worker stopped without signing off (killed, out of memory, host lost); "
+            "the images it held were sent again to the others within seconds."
+        )
+
+
 def figures(dashboard: services.Dashboard, days: int) -> None:
     with dashboard.factory() as session:
         statuses = browse.status_counts(session=session)
         labels = browse.label_counts(session=session)
         per_day = browse.positive_rate_by_day(session=session, days=days)
         per_hour = browse.throughput_by_hour(session=session, hours=48)
-        agreement = browse.agreement_by_model(session=session)
+        agreement = reviews.agreement_by_model(session=session)
         by_region = browse.counts_by_region(session=session)
         pairs = versions.version_agreement(session=session)
         sends = exports.counts(session=session)
@@ -239,6 +293,7 @@ def figures(dashboard: services.Dashboard, days: int) -> None:
             "No worker answered. Uploads and new inbox files stay queued until one runs.",
             icon=":material/power_off:",
         )
+    heartbeat_table(dashboard)
     pacs_figures(dashboard, sends)
 
     left, right = st.columns(2, gap="large")

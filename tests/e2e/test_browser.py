@@ -17,19 +17,20 @@ from urllib.error import URLError
 import pytest
 from playwright.sync_api import Page
 
+from config import Settings
 from db import queries
 from db.session import make_engine, make_session_factory, transaction
-from fracture.broker import free_port
-from fracture.settings import Settings
 from tests.helpers import (
     IN_CI,
     REPO,
     fracture_cli,
     fracture_env,
+    new_prediction,
     running,
     sample_images,
     wait_for,
 )
+from worker.broker import free_port
 
 ARTIFACTS = REPO / "artifacts"
 CHROMIUM_ARGS = [
@@ -83,14 +84,10 @@ def add_boxed_prediction(data_dir: Path, image_id: int) -> None:
         queries.store_batch(
             session=session,
             predictions=[
-                queries.NewPrediction(
-                    image_id=image_id,
-                    model_version="heat_e2e-v2",
-                    label="fractured",
+                new_prediction(
+                    image_id,
                     probability=0.91,
-                    threshold=0.5,
-                    batch_size=1,
-                    inference_ms=5.0,
+                    model_version="heat_e2e-v2",
                     verdict="fracture",
                     doubt_threshold=0.2,
                     boxes=[[60.0, 80.0, 120.0, 100.0, 0.87]],

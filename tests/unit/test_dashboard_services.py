@@ -1,5 +1,5 @@
-"""Dashboard services without Streamlit: upload storage, formats, names, CSV, password, contrast,
-the PACS send state in words."""
+"""Dashboard services without Streamlit: upload storage, formats, names, CSV, contrast, the PACS
+send state in words."""
 
 from __future__ import annotations
 
@@ -13,15 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from pydantic import SecretStr
 from sqlalchemy import func, select
 
+from config import Settings
 from dashboard import services
 from db import browse, queries
 from db.models import DicomExport, ExportState, Image
 from db.session import transaction
-from fracture.settings import Settings
-from tests.helpers import sample_images
+from tests.helpers import new_prediction, sample_images
 
 
 @pytest.fixture
@@ -145,17 +144,7 @@ def test_wait_returns_as_soon_as_the_image_is_done(dashboard: services.Dashboard
     with transaction(dashboard.factory) as session:
         queries.store_batch(
             session=session,
-            predictions=[
-                queries.NewPrediction(
-                    image_id=stored.image_id,
-                    model_version="m-1",
-                    label=browse.POSITIVE_LABEL,
-                    probability=0.8,
-                    threshold=0.5,
-                    batch_size=1,
-                    inference_ms=5.0,
-                )
-            ],
+            predictions=[new_prediction(stored.image_id, probability=0.8, model_version="m-1")],
             failures={},
         )
     answer = services.wait_for_answer(dashboard.factory, stored.image_id, timeout_s=30)
@@ -163,30 +152,9 @@ def test_wait_returns_as_soon_as_the_image_is_done(dashboard: services.Dashboard
     assert answer.prediction is not None and answer.prediction.probability == 0.8
 
 
-def test_password_is_compared_in_constant_time(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+def test_csv_export_is_the_notice_then_the_filtered_rows_with_safe_names(
+    dashboard: services.Dashboard,
 ) -> None:
-    assert not services.password_required(settings)
-    assert services.password_ok(settings, "anything")
-    protected = settings.model_copy(update={"dashboard_password": SecretStr("s3cret ward")})
-    calls: list[tuple[bytes, bytes]] = []
-    real = services.hmac.compare_digest
-
-    def spy(a: bytes, b: bytes) -> bool:
-        calls.append((a, b))
-        return real(a, b)
-
-    monkeypatch.setattr(services.hmac, "compare_digest", spy)
-    assert services.password_required(protected)
-    assert services.password_ok(protected, "s3cret ward")
-    assert not services.password_ok(protected, "s3cret")
-    assert not services.password_ok(protected, "")
-    assert len(calls) == 3
-    empty = settings.model_copy(update={"dashboard_password": SecretStr("")})
-    assert not services.password_required(empty)
-
-
-def test_csv_export_streams_the_filtered_rows(dashboard: services.Dashboard) -> None:
     names = ["=HYPERLINK(evil)", "ward/b.png", "-2+3.png"]
     with transaction(dashboard.factory) as session:
         for index, name in enumerate(names):
@@ -198,14 +166,8 @@ def test_csv_export_streams_the_filtered_rows(dashboard: services.Dashboard) -> 
             queries.store_batch(
                 session=session,
                 predictions=[
-                    queries.NewPrediction(
-                        image_id=image.id,
-                        model_version="m-1",
-                        label=browse.POSITIVE_LABEL if index != 1 else browse.NEGATIVE_LABEL,
-                        probability=0.9 if index != 1 else 0.1,
-                        threshold=0.5,
-                        batch_size=1,
-                        inference_ms=5.0,
+                    new_prediction(
+                        image.id, probability=0.9 if index != 1 else 0.1, model_version="m-1"
                     )
                 ],
                 failures={},
@@ -236,14 +198,10 @@ def test_csv_export_carries_verdict_doubt_threshold_and_boxes(
             queries.store_batch(
                 session=session,
                 predictions=[
-                    queries.NewPrediction(
-                        image_id=image.id,
-                        model_version="m-1",
-                        label=browse.NEGATIVE_LABEL,
+                    new_prediction(
+                        image.id,
                         probability=0.3,
-                        threshold=0.5,
-                        batch_size=1,
-                        inference_ms=5.0,
+                        model_version="m-1",
                         verdict=verdict,
                         doubt_threshold=doubt_threshold,
                         boxes=drawn,
@@ -260,27 +218,11 @@ def test_csv_export_carries_verdict_doubt_threshold_and_boxes(
     assert (old["verdict"], old["doubt_threshold"], old["boxes"]) == ("no_fracture", "", "")
 
 
-def test_window_level_maps_the_window_to_black_and_white() -> None:
+def test_display_pixels_cap_the_longer_side() -> None:
     pixels = np.array([[0.0, 0.25, 0.5, 0.75, 1.0]], dtype=np.float32)
-    assert services.apply_window(pixels, 0.5, 1.0).tolist() == [[0, 64, 128, 191, 255]]
-    assert services.apply_window(pixels, 0.5, 0.5).tolist() == [[0, 0, 128, 255, 255]]
-    assert services.apply_window(pixels, 0.5, 1.0, invert=True).tolist() == [[255, 191, 128, 64, 0]]
     large = np.random.default_rng(0).random((3000, 1000)).astype(np.float32)
     assert services.display_pixels(large).shape == (1024, 341)
     assert services.display_pixels(pixels).shape == pixels.shape
-
-
-def test_boxes_are_drawn_scaled_from_original_to_displayed_pixels() -> None:
-    displayed = np.zeros((200, 100), dtype=np.uint8)  # a 200 × 400 original shown at half size
-    box = (40.0, 100.0, 60.0, 80.0, 0.82)  # original pixels → x 20–50, y 50–90 on display
-    drawn = services.draw_boxes(displayed, [box], original_size=(200, 400))
-    assert drawn.shape == (200, 100, 3) and drawn.dtype == np.uint8
-    magenta = np.all(drawn == services.BOX_COLOUR, axis=-1)
-    assert magenta[70, 21] and magenta[70, 48] and magenta[88, 35]  # left, right, bottom edges
-    assert not magenta[55:87, 24:47].any()  # the inside stays the image
-    assert not magenta[92:, :].any() and not magenta[:, 52:].any()  # nothing outside
-    assert magenta[35:50, 20:30].any()  # the score's tag, above the box
-    assert (services.draw_boxes(displayed, [], (200, 400)) == 0).all()
 
 
 def test_only_well_formed_stored_boxes_are_drawn() -> None:
@@ -380,17 +322,7 @@ def test_csv_export_carries_the_study_and_the_send_state(dashboard: services.Das
             session.flush()
             queries.store_batch(
                 session=session,
-                predictions=[
-                    queries.NewPrediction(
-                        image_id=image.id,
-                        model_version="m-1",
-                        label=browse.NEGATIVE_LABEL,
-                        probability=0.3,
-                        threshold=0.5,
-                        batch_size=1,
-                        inference_ms=5.0,
-                    )
-                ],
+                predictions=[new_prediction(image.id, probability=0.3, model_version="m-1")],
                 failures={},
             )
             if state is not None:

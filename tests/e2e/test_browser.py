@@ -12,6 +12,7 @@ import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
 import pytest
@@ -63,6 +64,17 @@ def settled(page: Page, images: int = 0) -> None:
         timeout=60_000,
     )
     page.wait_for_timeout(500)
+
+
+def viewer_loaded(page: Page) -> Any:
+    """The radiograph viewer's frame, once its pixels have loaded and the app has settled."""
+    from playwright.sync_api import expect
+
+    viewer = page.frame_locator('iframe[title^="Radiograph viewer"]')
+    expect(viewer.locator("#view")).to_be_visible()
+    expect(viewer.locator("#msg")).to_have_count(0)  # the message goes once pixels are drawn
+    settled(page)
+    return viewer
 
 
 def healthy(port: int) -> bool:
@@ -140,7 +152,7 @@ def test_upload_browse_review_in_a_real_browser(product: tuple[str, Path], tmp_p
             expect(page.get_by_text("answered in")).to_be_visible()
             expect(page.get_by_text("p = ").first).to_be_visible()  # both operating points
             expect(page.get_by_text("Grad-CAM").first).to_be_visible()
-            settled(page, images=2)
+            viewer_loaded(page)
             page.screenshot(path=ARTIFACTS / "dashboard-upload.png")
 
             dropped = [p for p in sample_images() if p != radiograph][:3]
@@ -149,6 +161,7 @@ def test_upload_browse_review_in_a_real_browser(product: tuple[str, Path], tmp_p
                 shutil.copy(source, inbox / "ward9" / source.name)
 
             page.get_by_role("link", name="Browse").click()
+            page.get_by_text("Filters", exact=True).click()  # the filters' expander
             page.get_by_label("File name contains").fill("ward9/")
             page.keyboard.press("Enter")
             refresh = page.get_by_role("button", name="Refresh")
@@ -165,19 +178,19 @@ def test_upload_browse_review_in_a_real_browser(product: tuple[str, Path], tmp_p
             page.get_by_label("Open image #").fill("1")
             page.keyboard.press("Enter")
             expect(page.get_by_text("Reader review")).to_be_visible()
-            # The latest prediction, its boxes (on by default) and the earlier one below.
-            boxes = page.get_by_text("Show fracture boxes")
-            expect(boxes).to_be_visible()
+            # The latest prediction, its boxes (an overlay, on by default) and the earlier one.
             expect(page.get_by_text("1 fracture box (score 0.87)").first).to_be_visible()
             expect(page.get_by_text("Earlier predictions (1)")).to_be_visible()
-            settled(page, images=1)
+            viewer = viewer_loaded(page)
+            boxes = viewer.get_by_label("Fracture boxes", exact=True)
+            expect(boxes).to_be_checked()
             page.screenshot(path=ARTIFACTS / "dashboard-boxes.png")
-            boxes.click()
-            expect(page.get_by_text("fracture boxes hidden").first).to_be_visible()
+            boxes.uncheck()
+            expect(boxes).not_to_be_checked()
             page.get_by_label("Reader", exact=True).fill("Dr Browser")
             page.get_by_role("button", name="Correct to:").click()
             expect(page.get_by_text("Review saved")).to_be_visible()
-            settled(page, images=1)  # the boxed v2 prediction has no stored heat map
+            viewer_loaded(page)
             page.screenshot(path=ARTIFACTS / "dashboard-browse.png")
 
             page.get_by_role("link", name="Overview").click()

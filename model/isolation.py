@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -170,12 +169,12 @@ def _ready() -> bool:
 
 
 def _child_setup(owner: int) -> None:
-    """Signals are the owner's to handle: Ctrl-C and a stop signal reach the whole process
-    group, but the worker finishes its running batch first and then shuts its children down.
-    And a child leaves when its owner is gone: a SIGKILLed worker cannot shut them down, and
-    they would wait on their job queue for ever (each child holds both of its ends)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """A process group of its own: Ctrl-C and a stop signal sent to the worker's group reach
+    the worker, which finishes its running batch and then shuts its children down (while
+    `terminate` still works on them, as a broken pool needs). And a child leaves when its
+    owner is gone: a SIGKILLed worker cannot shut it down, and it would wait on its job queue
+    for ever (each child holds both of that queue's ends)."""
+    os.setpgrp()
     threading.Thread(target=_exit_without, args=(owner,), daemon=True).start()
 
 

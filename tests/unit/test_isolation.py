@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -114,3 +115,36 @@ def test_decoding_children_leave_when_their_worker_is_killed(tmp_path: Path) -> 
     assert wait_for(lambda: not any(psutil.pid_exists(pid) for pid in children), timeout=15), [
         pid for pid in children if psutil.pid_exists(pid)
     ]
+
+
+CRASH_THEN_EXIT = """
+import sys
+from pathlib import Path
+from model.isolation import DecodeJob, IsolatedDecoder
+from model.preprocess import Preset
+from tests.crash_decoder import aborting_decode
+if __name__ == "__main__":
+    good, crash = sys.argv[1:3]
+    decoder = IsolatedDecoder(2, decode_fn=aborting_decode)
+    jobs = [DecodeJob(p, None, 224, 80_000_000, preset=Preset(size=224)) for p in (good, crash)]
+    print([type(r).__name__ for r in decoder.decode_many(jobs)], flush=True)
+    # no close(): leaving must not wait for ever on a pool a crash broke
+"""
+
+
+def test_a_process_whose_decoder_crashed_still_exits(tmp_path: Path) -> None:
+    script = tmp_path / "crash_then_exit.py"
+    script.write_text(CRASH_THEN_EXIT)
+    good = sample_images()[0]
+    crash = tmp_path / "crash.jpg"
+    crash.write_bytes(good.read_bytes())
+    completed = subprocess.run(
+        [sys.executable, str(script), str(good), str(crash)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},  # the script imports tests.crash_decoder
+        timeout=90,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == "['Ready', 'DecodeError']"

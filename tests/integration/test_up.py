@@ -122,7 +122,7 @@ def _all_done(tmp_path: Path, count: int) -> bool:
     return len(rows) == count and all(r["status"] == "done" for r in rows)
 
 
-def test_a_killed_worker_and_a_killed_broker_are_restarted_and_the_drop_gets_done(
+def test_a_killed_worker_broker_and_watcher_are_restarted_and_every_drop_gets_done(
     tmp_path: Path, tiny_model: Path
 ) -> None:
     process, log = _start(tmp_path, tiny_model)
@@ -147,6 +147,18 @@ def test_a_killed_worker_and_a_killed_broker_are_restarted_and_the_drop_gets_don
         for path in sorted((tmp_path / "more").iterdir())[4:]:
             path.rename(tmp_path / "inbox" / path.name)
         assert wait_for(lambda: _all_done(tmp_path, 7), 150, 1), log.read_text()[-3000:]
+
+        # The watcher killed in the middle of a drop: its successor's start-up scan finds
+        # what it had not registered yet, and nothing is registered twice.
+        watcher = _child(process, "fracture watch")
+        assert watcher is not None
+        make_distinct_images(tmp_path / "late", 12)
+        for path in sorted((tmp_path / "late").iterdir())[7:]:
+            path.rename(tmp_path / "inbox" / path.name)
+        watcher.kill()
+        watcher_back = lambda: "watcher exited with status -9; restarting it" in log.read_text()  # noqa: E731
+        assert wait_for(watcher_back, timeout=30), log.read_text()[-3000:]
+        assert wait_for(lambda: _all_done(tmp_path, 12), 150, 1), log.read_text()[-3000:]
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=90)

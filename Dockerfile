@@ -2,9 +2,12 @@
 # Fracture screening image: one image for worker, watcher, dashboard and migrations.
 #   docker build -t fracture-screening .                            # CUDA torch (default)
 #   docker build -t fracture-screening:cpu --build-arg TORCH_VARIANT=cpu .
-# The shipped model (model/weights/fracture.pt) must exist when building; it ends up at
-# /opt/fracture/model/fracture.pt (FRACTURE_MODEL_PATH). Decision support, not for clinical use.
+# Without a registry (base from debootstrap, local wheels): deploy/podman/build-local-images.sh.
+# The shipped models (model/weights/fracture.pt, and fracture-single-pass.pt beside it) must exist
+# when building; they end up in /opt/fracture/model/ (FRACTURE_MODEL_PATH selects one; default
+# fracture.pt). The bench's sample images travel in the wheel. Decision support, not for clinical use.
 
+# Any Debian-based image with python 3.11 (and its venv module) on PATH as `python`.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- deps: the pinned dependencies of pyproject.toml; rebuilt only when pyproject.toml changes
@@ -39,11 +42,13 @@ RUN if [ ! -f model/weights/fracture.pt ]; then \
         exit 1; \
     fi \
     && mkdir -p /opt/fracture/model \
-    && mv model/weights/fracture.pt /opt/fracture/model/fracture.pt \
+    && mv model/weights/*.pt /opt/fracture/model/ \
     && pip wheel --no-deps --wheel-dir /wheels .
 
-# --- runtime: dependencies, application, model; runs as an unprivileged user
-FROM ${PYTHON_IMAGE} AS runtime
+# --- runtime: dependencies, application, model; runs as an unprivileged user. It starts from
+# deps instead of copying /opt/venv out of it: the same image, without a second copy of several
+# GB to write and store at every build.
+FROM deps AS runtime
 LABEL org.opencontainers.image.title="fracture-screening" \
       org.opencontainers.image.description="X-ray fracture screening pipeline. Decision support, not for clinical use." \
       org.opencontainers.image.licenses="Apache-2.0"
@@ -52,7 +57,6 @@ RUN groupadd --system --gid 10001 fracture \
        --shell /usr/sbin/nologin fracture \
     && mkdir -p /srv/fracture/inbox /srv/fracture/data \
     && chown -R fracture:fracture /srv/fracture
-COPY --from=deps /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -67,8 +71,12 @@ COPY --from=build /wheels /tmp/wheels
 RUN pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 COPY --from=build /opt/fracture/model /opt/fracture/model
 # Fail the build, not the first deployment, on a broken install or an unreadable model.
-RUN python -c "import sys, pathlib, model.checkpoint as c; print('model', c.load(pathlib.Path(sys.argv[1])).version)" \
-        "$FRACTURE_MODEL_PATH" \
+RUN for f in /opt/fracture/model/*.pt; do \
+        python -c "import sys, pathlib, model.checkpoint as c; print(sys.argv[1], c.load(pathlib.Path(sys.argv[1])).version)" "$f" \
+        || exit 1; \
+    done \
+    && test -f "$FRACTURE_MODEL_PATH" \
+    && python -c "import bench.pipeline as b; n = len(list(b.SAMPLES.glob('*.jpg'))); assert n, 'no bench samples'; print(n, 'bench samples')" \
     && fracture --help > /dev/null
 
 USER fracture

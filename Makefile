@@ -5,15 +5,26 @@ BIN := $(VENV)/bin
 
 .PHONY: run test lint typecheck install clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --upgrade pip
+
+# What running needs: the package and its dependencies, no test or lint tools. pip's own progress
+# shows, because the first install downloads torch and friends (several minutes).
+$(BIN)/.installed-run: pyproject.toml | $(BIN)/python
+	@echo "Installing fracture-screening into $(VENV) (the first time takes several minutes)"
+	$(BIN)/pip install -e .
 	touch $@
 
-install: $(BIN)/.installed
+# The development set-up: the same plus pytest, ruff, mypy, playwright, hypothesis.
+$(BIN)/.installed-dev: pyproject.toml | $(BIN)/python
+	@echo "Installing fracture-screening and its development tools into $(VENV)"
+	$(BIN)/pip install -e '.[dev]'
+	touch $@ $(BIN)/.installed-run
 
-run: install
+install: $(BIN)/.installed-dev
+
+run: $(BIN)/.installed-run
 	$(BIN)/fracture up
 
 lint: install
@@ -28,3 +39,20 @@ test: lint typecheck
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Heavy and opt-in, not part of `make test`: builds the images with podman from a debootstrapped
+# Debian base (no registry needed; cached by input hash) and runs docker-compose.yml in containers
+# through podman's Docker API: a drop into the inbox volume must end done (docs/DEPLOY.md).
+CONTAINER_TOOLS := podman debootstrap catatonit docker-compose
+.PHONY: test-containers
+test-containers: install
+	@missing=""; for t in $(CONTAINER_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "Installing$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CONTAINER_TOOLS) >/dev/null; \
+		else echo "test-containers needs root and:$$missing" >&2; exit 1; fi; \
+	fi
+	@start=$$(date +%s); \
+	FRACTURE_CONTAINER_TESTS=1 $(BIN)/pytest -s -o timeout=3600 tests/containers; rc=$$?; \
+	echo "make test-containers: $$(( $$(date +%s) - start )) s"; exit $$rc

@@ -279,7 +279,9 @@ def export_record(row: browse.BrowseRow) -> tuple[object, ...]:
 def export_lines(
     factory: sessionmaker[Session], flt: browse.BrowseFilter, sort: browse.SortKey
 ) -> Iterator[str]:
-    """The filtered table as CSV text, a line at a time, streamed from the database."""
+    """The filtered table as CSV text, a line at a time as the database returns rows. The
+    header comes first, so a plain `pandas.read_csv` reads it; the notice is a column of every
+    row, so it travels with any row copied out of the file."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
 
@@ -289,12 +291,12 @@ def export_lines(
         buffer.truncate()
         return text
 
-    buffer.write(f"# {NOTICE} Exported {utcnow():%Y-%m-%d %H:%M} UTC.\n")
-    writer.writerow(EXPORT_COLUMNS)
+    notice = f"{NOTICE} Exported {utcnow():%Y-%m-%d %H:%M} UTC."
+    writer.writerow((*EXPORT_COLUMNS, "notice"))
     yield flush()
     with factory() as session:
         for row in browse.iter_rows(session=session, flt=flt, sort=sort):
-            writer.writerow(export_record(row))
+            writer.writerow((*export_record(row), notice))
             yield flush()
 
 

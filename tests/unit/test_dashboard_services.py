@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
@@ -174,11 +175,12 @@ def test_csv_export_is_the_notice_then_the_filtered_rows_with_safe_names(
             )
     flt = browse.BrowseFilter(labels=(browse.POSITIVE_LABEL,))
     text = services.export_csv(dashboard.factory, flt, browse.SortKey.FILENAME).decode()
-    first, rest = text.split("\n", 1)
-    assert first.startswith("# Decision support only") and "not for clinical use" in first
-    rows = list(csv.DictReader(io.StringIO(rest)))
-    assert tuple(rows[0]) == services.EXPORT_COLUMNS
-    assert "patient_hash" not in rest and "f" * 64 not in rest
+    rows = list(csv.DictReader(io.StringIO(text)))  # the header is the first line
+    assert tuple(rows[0]) == (*services.EXPORT_COLUMNS, "notice")
+    assert all(r["notice"].startswith(services.NOTICE + " Exported ") for r in rows)
+    frame = pd.read_csv(io.StringIO(text))  # plain, no options
+    assert list(frame.columns) == [*services.EXPORT_COLUMNS, "notice"] and len(frame) == 2
+    assert "patient_hash" not in text and "f" * 64 not in text
     assert [r["filename"] for r in rows] == ["'-2+3.png", "'=HYPERLINK(evil)"]
     assert {r["label"] for r in rows} == {browse.POSITIVE_LABEL}
     assert rows[0]["probability"] == "0.900000" and rows[0]["review_count"] == "0"
@@ -211,7 +213,7 @@ def test_csv_export_carries_verdict_doubt_threshold_and_boxes(
             )
     flt = browse.BrowseFilter(verdicts=("doubt", "no_fracture"))
     text = services.export_csv(dashboard.factory, flt, browse.SortKey.FILENAME).decode()
-    rows = {r["filename"]: r for r in csv.DictReader(io.StringIO(text.split("\n", 1)[1]))}
+    rows = {r["filename"]: r for r in csv.DictReader(io.StringIO(text))}
     doubt, old = rows["doubt.png"], rows["old.png"]
     assert (doubt["verdict"], doubt["doubt_threshold"]) == ("doubt", "0.200000")
     assert json.loads(doubt["boxes"]) == boxes
@@ -334,7 +336,7 @@ def test_csv_export_carries_the_study_and_the_send_state(dashboard: services.Das
     text = services.export_csv(
         dashboard.factory, browse.BrowseFilter(), browse.SortKey.FILENAME
     ).decode()
-    rows = {r["filename"]: r for r in csv.DictReader(io.StringIO(text.split("\n", 1)[1]))}
+    rows = {r["filename"]: r for r in csv.DictReader(io.StringIO(text))}
     assert (rows["dicom/x.dcm"]["study_uid"], rows["dicom/x.dcm"]["pacs_state"]) == (
         "1.2.3.4",
         "failed",

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, aliased, selectinload
 
 from db.models import (
     Duplicate,
@@ -24,6 +24,10 @@ from db.models import (
 )
 
 log = logging.getLogger(__name__)
+
+# Failures a file can recover from by being there again, unchanged or complete.
+REPLACED = "replaced after it was registered"
+TRANSIENT_ERRORS = ("deleted or moved", REPLACED, "cannot read file")
 
 
 def register_image(
@@ -428,12 +432,33 @@ def store_batch(
         image.status = ImageStatus.DONE
         image.error = None
         image.updated_at = utcnow()
+    superseded = _superseded(session, [images[i] for i in failures if i in images])
     for image_id, error in failures.items():
         if (image := images.get(image_id)) is None:
+            continue
+        if REPLACED in error and image.id in superseded:
+            # A file still being written: the watcher registered its later bytes as a newer
+            # row while a worker was reading this one. That row is the file's; this one goes.
+            session.delete(image)
             continue
         image.status = ImageStatus.FAILED
         image.error = error
         image.updated_at = utcnow()
+
+
+def _superseded(session: Session, images: Sequence[Image]) -> set[int]:
+    """The ids among `images` with a newer row for the same path."""
+    if not images:
+        return set()
+    newer = aliased(Image)
+    return set(
+        session.scalars(
+            select(Image.id).where(
+                Image.id.in_([i.id for i in images]),
+                select(newer.id).where(newer.path == Image.path, newer.id > Image.id).exists(),
+            )
+        )
+    )
 
 
 def _prediction_row(new: NewPrediction) -> Prediction:
@@ -560,10 +585,6 @@ def requeue(*, session: Session, image_ids: Sequence[int]) -> int:
         )
     )
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-# Failures a file can recover from by being there again, unchanged or complete.
-TRANSIENT_ERRORS = ("deleted or moved", "replaced after it was registered", "cannot read file")
 
 
 def reattach(*, session: Session, new: NewImage) -> int | None:

@@ -342,3 +342,21 @@ def test_a_file_seen_again_reattaches_to_its_unfinished_row_only(factory) -> Non
     assert (rows[moved].status, rows[moved].error) == ("queued", None)
     assert (rows[growing].sha256, rows[growing].bytes) == ("e" * 64, 99)
     assert rows[finished].sha256 == "c" * 64 and rows[busy].status == "processing"
+
+
+def test_a_row_whose_file_changed_under_the_worker_goes_when_a_newer_row_has_the_file(
+    factory,
+) -> None:
+    replaced = "file was replaced after it was registered (contents changed)"
+    first, _ = _register(factory, "1" * 64, "growing.jpg")
+    newer, _ = _register(factory, "2" * 64, "growing.jpg")  # its later bytes, same path
+    alone, _ = _register(factory, "3" * 64, "alone.jpg")
+    with transaction(factory) as session:
+        queries.store_batch(
+            session=session, predictions=[], failures={first: replaced, alone: replaced}
+        )
+    with factory() as session:
+        rows = {i.id: i for i in session.scalars(select(Image))}
+    assert first not in rows  # superseded: the newer row is the file's
+    assert rows[newer].status == "queued"
+    assert (rows[alone].status, rows[alone].error) == ("failed", replaced)  # re-attaches later

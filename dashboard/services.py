@@ -17,7 +17,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from config import Settings
 from db import browse, exports, queries
 from db.migrate import upgrade
-from db.models import DicomExport, ExportState, Image, ImageSource, ImageStatus, Prediction, utcnow
+from db.models import (
+    DicomExport,
+    ExportState,
+    Image,
+    ImageSource,
+    ImageStatus,
+    Prediction,
+    as_utc,
+    utcnow,
+)
 from db.session import make_engine, make_session_factory, transaction
 from worker import client
 from worker.app import make_celery
@@ -347,9 +356,7 @@ def export_text(
         return f"sent to PACS at {when(export.sent_at)} ({export.destination or 'destination?'})"
     if export.state == ExportState.FAILED:
         return f"failed after {export.attempts} attempt(s): {reason or 'no reason stored'}"
-    due = export.next_attempt_at
-    if due.tzinfo is None:  # SQLite hands stored UTC times back without a zone
-        due = due.replace(tzinfo=UTC)
+    due = as_utc(export.next_attempt_at)
     # A claimed export's next try lies one lease ahead while it is being sent.
     moment = f"next try at {when(export.next_attempt_at)}" if due > now else "due now"
     text = f"pending — attempt {export.attempts + 1} of {max_attempts}, {moment}"

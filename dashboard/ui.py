@@ -30,6 +30,7 @@ from db.models import (
     ImageStatus,
     Prediction,
     Verdict,
+    as_utc,
     utcnow,
 )
 from db.session import transaction
@@ -249,11 +250,6 @@ def browser_zone() -> tzinfo:
         except (ZoneInfoNotFoundError, ValueError):
             pass
     return UTC
-
-
-def as_utc(moment: datetime) -> datetime:
-    """Stored times are UTC; SQLite hands them back without a zone."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def local_time(moment: datetime | None, *, seconds: bool = False) -> str:

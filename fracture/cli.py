@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -352,7 +352,7 @@ def results(
     """List stored images and their latest prediction, newest first."""
     from db import exports, queries
     from db.migrate import upgrade
-    from db.models import ImageStatus
+    from db.models import ImageStatus, as_utc
     from db.session import make_engine, make_session_factory
 
     if status is not None and status not in {s.value for s in ImageStatus}:
@@ -396,7 +396,7 @@ def results(
                 "body_part": image.body_part,
                 "error": image.error,
                 "warning": image.warning,
-                "received_at": _utc_iso(image.received_at),
+                "received_at": as_utc(image.received_at).isoformat(),
                 "study_uid": image.study_uid,
                 # the latest prediction's results on their way to PACS (DICOM images only)
                 "pacs": {"state": sent.state, "attempts": sent.attempts, "error": sent.error}
@@ -404,7 +404,7 @@ def results(
                 else None,
                 # the same bytes received later under other names: recorded, not scored again
                 "duplicates": [
-                    {"path": d.filename, "received_at": _utc_iso(d.received_at)}
+                    {"path": d.filename, "received_at": as_utc(d.received_at).isoformat()}
                     for d in duplicates.get(image.id, [])
                 ],
             }
@@ -439,11 +439,6 @@ def _require_stored_data(settings: Settings) -> None:
             f"no data directory at {settings.data_dir.resolve()}: nothing has been stored there "
             "(check --data-dir or FRACTURE_DATA_DIR; `fracture up` creates it)"
         )
-
-
-def _utc_iso(moment: datetime) -> str:
-    """ISO 8601 with its offset: SQLite hands back the stored UTC times without one."""
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
 def _box_count(count: int) -> str:

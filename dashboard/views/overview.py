@@ -14,7 +14,7 @@ from celery import Celery
 
 from dashboard import services, ui
 from db import browse, exports, queries, reviews, versions
-from db.models import ExportState, Worker
+from db.models import ExportState, Worker, as_utc
 from model.agreement import Agreement
 from worker import client
 
@@ -201,8 +201,8 @@ def heartbeat_rows(
     """One row per worker heard from today: how long it has run and whether it still beats."""
     rows = []
     for worker in workers:
-        silent = (now - _aware(worker.heartbeat_at)).total_seconds()
-        up = (now - _aware(worker.started_at)).total_seconds()
+        silent = (now - as_utc(worker.heartbeat_at)).total_seconds()
+        up = (now - as_utc(worker.started_at)).total_seconds()
         rows.append(
             {
                 "worker": worker.name,
@@ -212,10 +212,6 @@ def heartbeat_rows(
             }
         )
     return rows
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _duration(seconds: float) -> str:

@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -226,14 +226,19 @@ class Watcher:
             return
         self.tracker.touch(path, closed=closed, written=written)
 
-    def scan(self, root: Path | None = None) -> int:
-        """Offer every file under `root` (default: the inbox) — catches files dropped while down."""
-        count = 0
+    def _files(self, root: Path | None = None) -> Iterator[Path]:
+        """Every file under `root` (default: the inbox), ignored folders left out."""
         for dirpath, dirnames, filenames in os.walk(root or self.inbox, followlinks=False):
             dirnames[:] = [d for d in dirnames if not is_ignored(Path(d))]
             for name in filenames:
-                self.offer(Path(dirpath) / name)
-                count += 1
+                yield Path(dirpath) / name
+
+    def scan(self, root: Path | None = None) -> int:
+        """Offer every file under `root` (default: the inbox) — catches files dropped while down."""
+        count = 0
+        for path in self._files(root):
+            self.offer(path)
+            count += 1
         return count
 
     def rescan(self) -> int:
@@ -241,18 +246,15 @@ class Watcher:
         to an inotify overflow, a network share, a missed rename); the rest are not read."""
         offered = 0
         present = set()
-        for dirpath, dirnames, filenames in os.walk(self.inbox, followlinks=False):
-            dirnames[:] = [d for d in dirnames if not is_ignored(Path(d))]
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                present.add(path)
-                try:
-                    info = os.lstat(path)
-                except OSError:
-                    continue
-                if self._hashed.get(path) != (info.st_size, info.st_mtime_ns):
-                    self.offer(Path(path))
-                    offered += 1
+        for path in self._files():
+            present.add(str(path))
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            if self._hashed.get(str(path)) != (info.st_size, info.st_mtime_ns):
+                self.offer(path)
+                offered += 1
         for gone in set(self._hashed) - present:
             self._hashed.pop(gone, None)
         if offered:

@@ -195,11 +195,10 @@ class Classifier:
             DecodeJob(
                 str(path),
                 sha256,
-                self.preset.size,
-                self.max_pixels,
-                self.max_file_bytes,
-                self.patient_salt,
                 self.preset,
+                self.max_pixels,
+                max_bytes=self.max_file_bytes,
+                patient_salt=self.patient_salt,
             )
             for path, sha256 in files
         ]

@@ -20,7 +20,7 @@ from tests.helpers import REPO, sample_images, wait_for
 
 
 def _job(path: Path, *, sha256: str | None = None, max_bytes: int | None = None) -> DecodeJob:
-    return DecodeJob(str(path), sha256, 224, 80_000_000, max_bytes, preset=Preset(size=224))
+    return DecodeJob(str(path), sha256, Preset(size=224), 80_000_000, max_bytes)
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ from tests.crash_decoder import aborting_decode
 if __name__ == "__main__":
     good, crash = sys.argv[1:3]
     decoder = IsolatedDecoder(2, decode_fn=aborting_decode)
-    jobs = [DecodeJob(p, None, 224, 80_000_000, preset=Preset(size=224)) for p in (good, crash)]
+    jobs = [DecodeJob(p, None, Preset(size=224), 80_000_000) for p in (good, crash)]
     print([type(r).__name__ for r in decoder.decode_many(jobs)], flush=True)
     # no close(): leaving must not wait for ever on a pool a crash broke
 """

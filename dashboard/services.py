@@ -17,7 +17,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +198,47 @@ def wait_for_answer(
             )
         if on_poll is not None:
             on_poll(image.status, waited)
+        time.sleep(min(poll_s, max(0.0, timeout_s - waited)))
+
+
+# -- heat maps drawn on request ------------------------------------------------------------------
+
+
+def request_heatmap(dashboard: Dashboard, prediction: Prediction) -> str | None:
+    """Ask a worker to draw this prediction's heat map (the dashboard runs no model); None when
+    asked, else why it cannot be drawn now."""
+    if dashboard.celery is None:
+        return "no broker is configured, so no worker can draw it"
+    with dashboard.factory() as session:
+        versions = queries.live_model_versions(
+            session=session, alive_within=timedelta(seconds=dashboard.settings.dead_after_s)
+        )
+    if not versions:
+        return "no worker is running"
+    if prediction.model_version not in versions:
+        return (
+            f"it can only be drawn by the model that made this prediction "
+            f"({prediction.model_version}); the workers run {', '.join(sorted(versions))}"
+        )
+    if not client.send_heatmap(dashboard.celery, prediction.id, prediction.model_version):
+        return "the broker cannot be reached"
+    return None
+
+
+def wait_for_heatmap(
+    factory: sessionmaker[Session], prediction_id: int, *, timeout_s: float, poll_s: float = 0.25
+) -> str | None:
+    """The stored map's path once a worker has drawn it, or None after `timeout_s`."""
+    started = time.monotonic()
+    while True:
+        with factory() as session:
+            prediction = session.get(Prediction, prediction_id)
+            path = prediction.heatmap_path if prediction is not None else None
+        if path and Path(path).is_file():
+            return path
+        waited = time.monotonic() - started
+        if prediction is None or waited >= timeout_s:
+            return None
         time.sleep(min(poll_s, max(0.0, timeout_s - waited)))
 
 

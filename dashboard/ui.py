@@ -11,11 +11,9 @@ import os
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import numpy as np
 import streamlit as st
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,9 +32,6 @@ from db.models import (
     utcnow,
 )
 from db.session import transaction
-
-if TYPE_CHECKING:
-    from model.inference import Classifier
 
 LABEL_TEXT = {
     browse.POSITIVE_LABEL: "Fracture suspected",
@@ -162,13 +157,6 @@ def dashboard() -> services.Dashboard:
         st.error(f"The dashboard cannot start: {exc}")
         st.stop()
         raise  # unreachable: st.stop() ends the run
-
-
-@st.cache_resource(show_spinner="Loading the model for an on-demand heatmap…")
-def classifier(model_path: str, max_pixels: int) -> Classifier:
-    from model.inference import Classifier
-
-    return Classifier.load(Path(model_path), device="cpu", max_pixels=max_pixels)
 
 
 # -- page furniture ------------------------------------------------------------------------------
@@ -449,29 +437,19 @@ def boxes_note(boxes: list[services.Box] | None) -> str:
     return f" · {len(boxes)} fracture box{'es' if len(boxes) > 1 else ''} (score {scores})"
 
 
-@st.cache_data(max_entries=16, show_spinner="Computing the heatmap…")
-def _heatmap_now(
-    path: str, sha256: str, model_path: str, max_pixels: int
-) -> tuple[tuple[float, ...], ...]:
-    """The current model's map for an image, computed here (CPU) and not stored."""
-    from model.files import read_file
-
-    model = classifier(model_path, max_pixels)
-    _, maps = model.predict_prepared([model.prepare(read_file(path, sha256=sha256))], "all")
-    grid = np.round(np.clip(maps[0], 0.0, 1.0), 3)
-    return tuple(tuple(float(v) for v in row) for row in grid)
-
-
 GRAD_CAM_CAPTION = "Grad-CAM: where the model's evidence lies; not an outline of the fracture"
 HEAT_CAPTION = "Fracture heat map: where the model, trained on radiologists' outlines, sees one"
 VIEWER_PX = 620  # the viewer's height: the image and two rows of controls
 
 
+HEATMAP_WAIT_S = 30.0  # a worker draws one in well under a second once it picks the request up
+
+
 def _heat_source(
     dashboard: services.Dashboard, image: Image, prediction: Prediction | None
 ) -> tuple[viewer_links.Source | None, str]:
-    """The heat map the viewer overlays (stored, or computed on request) and its caption."""
-    from model.decode import DecodeError
+    """The stored heat map the viewer overlays and its caption; one asked for with "Draw
+    heatmap" is drawn and stored by a worker (the dashboard runs no model) and waited for."""
     from model.explain import MAP_SUFFIX
 
     if prediction is None:
@@ -479,27 +457,26 @@ def _heat_source(
     # A model that draws boxes has a heat head: its stored map is that head's, not Grad-CAM.
     caption = GRAD_CAM_CAPTION if prediction.boxes is None else HEAT_CAPTION
     stored = prediction.heatmap_path
+    key = f"heatmap-{prediction.id}"
+    if st.session_state.get(key) and not (stored and Path(stored).is_file()):
+        st.session_state[key] = False
+        with st.spinner("A worker is drawing the heatmap…"):
+            stored = services.wait_for_heatmap(
+                dashboard.factory, prediction.id, timeout_s=HEATMAP_WAIT_S
+            )
+        if stored is None:
+            st.info(
+                f"No heatmap after {HEATMAP_WAIT_S:.0f} s: the workers may be busy with a "
+                "large drop, or the file cannot be read any more. Try again later.",
+                icon=":material/hourglass_empty:",
+            )
+            return None, ""
     if stored and stored.endswith(MAP_SUFFIX) and Path(stored).is_file():
         return viewer_links.Source(kind="heat", path=stored), caption
     if stored and Path(stored).is_file():  # an overlay stored before maps were: shown as it is
         st.image(stored, caption=caption, width="stretch")
         return None, caption
-    if not st.session_state.get(f"heatmap-{prediction.id}"):
-        return None, ""
-    settings = dashboard.settings
-    try:
-        grid = _heatmap_now(
-            image.path, image.sha256, str(settings.resolved_model_path), settings.max_pixels
-        )
-    except (DecodeError, OSError, ValueError) as exc:
-        st.info(f"A heatmap cannot be computed: {exc}", icon=":material/hide_image:")
-        return None, ""
-    loaded = classifier(str(settings.resolved_model_path), settings.max_pixels)
-    caption = HEAT_CAPTION if loaded.checkpoint.heat else GRAD_CAM_CAPTION
-    caption += " · computed on request, not stored"
-    if loaded.version != prediction.model_version:
-        caption += f" · computed with {loaded.version}, not the model that made this prediction"
-    return viewer_links.Source(kind="heat", path="", grid=grid), caption
+    return None, ""
 
 
 def viewer(
@@ -539,11 +516,12 @@ def viewer(
     )
     if prediction is not None and heat is None and not heat_caption:
         st.caption("No stored heatmap: the worker stores one for fracture and doubt answers only.")
-        if st.button(
-            "Compute heatmap", key=f"heatmap-{prediction.id}-btn", icon=":material/blur_on:"
-        ):
-            st.session_state[f"heatmap-{prediction.id}"] = True
-            st.rerun()
+        if st.button("Draw heatmap", key=f"heatmap-{prediction.id}-btn", icon=":material/blur_on:"):
+            refused = services.request_heatmap(dashboard, prediction)
+            if refused is None:
+                st.session_state[f"heatmap-{prediction.id}"] = True
+                st.rerun()
+            st.info(f"A heatmap cannot be drawn now: {refused}.", icon=":material/hide_image:")
 
 
 # -- fields and reviews ------------------------------------------------------------------------

@@ -205,6 +205,9 @@ class Worker(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    model_version: Mapped[str | None] = mapped_column(
+        String(64), doc="the configured model's version: the one it can draw heat maps with"
+    )
 
 
 class DicomExport(Base):

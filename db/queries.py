@@ -269,14 +269,23 @@ def note_unfinished(*, session: Session, image_ids: Sequence[int], reason: str) 
     )
 
 
-def heartbeat(*, session: Session, worker: str, now: datetime | None = None) -> None:
-    """`worker` is alive now."""
+def heartbeat(
+    *,
+    session: Session,
+    worker: str,
+    model_version: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """`worker`, running `model_version`, is alive now."""
     now = now or utcnow()
     row = session.get(Worker, worker)
     if row is None:
-        session.add(Worker(name=worker, started_at=now, heartbeat_at=now))
+        session.add(
+            Worker(name=worker, started_at=now, heartbeat_at=now, model_version=model_version)
+        )
     else:
         row.heartbeat_at = now
+        row.model_version = model_version
 
 
 def forget_worker(*, session: Session, worker: str) -> None:
@@ -297,6 +306,29 @@ def worker_heartbeats(
             .order_by(Worker.started_at.desc())
         )
     )
+
+
+def live_model_versions(
+    *, session: Session, alive_within: timedelta, now: datetime | None = None
+) -> set[str]:
+    """The model versions run by workers whose heartbeat is recent."""
+    now = now or utcnow()
+    return {
+        version
+        for version in session.scalars(
+            select(Worker.model_version).where(Worker.heartbeat_at >= now - alive_within)
+        )
+        if version
+    }
+
+
+def set_heatmap_path(*, session: Session, prediction_id: int, path: str) -> bool:
+    """Record a heat map drawn on request; False if the prediction is gone."""
+    prediction = session.get(Prediction, prediction_id)
+    if prediction is None:
+        return False
+    prediction.heatmap_path = path
+    return True
 
 
 def requeue_orphans(*, session: Session, image_ids: Sequence[int], reason: str) -> list[int]:

@@ -10,6 +10,9 @@ from config import Settings
 PREDICT_TASK = "fracture.predict_batch"
 UPLOAD_TASK = "fracture.predict_upload"
 RESCORE_TASK = "fracture.rescore_batch"
+# A heat map the dashboard asks for: on the uploads queue, ahead of bulk work, because someone
+# is looking at the record and waiting.
+HEATMAP_TASK = "fracture.draw_heatmap"
 BULK_QUEUE = "fracture"
 UPLOAD_QUEUE = "fracture.uploads"
 # Its own queue, so a rescore of the whole history shares the workers with new arrivals
@@ -28,6 +31,7 @@ def make_celery(settings: Settings, broker_url: str) -> Celery:
         task_default_queue=BULK_QUEUE,
         task_routes={
             UPLOAD_TASK: {"queue": UPLOAD_QUEUE},
+            HEATMAP_TASK: {"queue": UPLOAD_QUEUE},
             PREDICT_TASK: {"queue": BULK_QUEUE},
             RESCORE_TASK: {"queue": RESCORE_QUEUE},
         },

@@ -13,7 +13,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import ImageSource
 from db.session import transaction
-from worker.app import BULK_QUEUE, PREDICT_TASK, RESCORE_TASK, UPLOAD_QUEUE, UPLOAD_TASK
+from worker.app import (
+    BULK_QUEUE,
+    HEATMAP_TASK,
+    PREDICT_TASK,
+    RESCORE_TASK,
+    UPLOAD_QUEUE,
+    UPLOAD_TASK,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,17 @@ def send_rescore(
         )
     except (OperationalError, ConnectionError, OSError) as exc:
         log.warning("broker unreachable, rescore of %d image(s) not sent: %s", len(image_ids), exc)
+        return False
+    return True
+
+
+def send_heatmap(app: Celery, prediction_id: int, model_version: str) -> bool:
+    """Ask a worker running `model_version` to draw and store this prediction's heat map;
+    False when the broker is unreachable."""
+    try:
+        _publish(app, HEATMAP_TASK, [[int(prediction_id), model_version]])
+    except (OperationalError, ConnectionError, OSError) as exc:
+        log.warning("broker unreachable, heat map not asked for: %s", exc)
         return False
     return True
 

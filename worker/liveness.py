@@ -16,18 +16,26 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    """Beats every `interval_s` from a daemon thread; `stop` says the worker left cleanly."""
+    """Beats every `interval_s` from a daemon thread, naming the model the worker runs; `stop`
+    says the worker left cleanly."""
 
-    def __init__(self, factory: sessionmaker[Session], worker: str, interval_s: float) -> None:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        worker: str,
+        interval_s: float,
+        model_version: str | None = None,
+    ) -> None:
         self.factory = factory
         self.worker = worker
+        self.model_version = model_version
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def beat(self) -> None:
         with transaction(self.factory) as session:
-            queries.heartbeat(session=session, worker=self.worker)
+            queries.heartbeat(session=session, worker=self.worker, model_version=self.model_version)
 
     def start(self) -> None:
         self.beat()  # before the first claim, so no claimed row ever looks orphaned

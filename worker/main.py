@@ -75,7 +75,7 @@ def run_worker(
         settings.resolved_model_path,
         lambda path: build_processor(settings, path, processor().factory, warm_up=False),
     )
-    bind_tasks(app, settings, processor, models.get)
+    bind_tasks(app, settings, processor, models.get, models.with_version)
     if ready_file is not None:
         _touch_when_ready(ready_file)
     if not settings.debug:
@@ -94,7 +94,9 @@ def run_worker(
         optimization="fair",
         quiet=not settings.debug,  # Celery's banner
     )
-    heartbeat = Heartbeat(processor().factory, hostname, settings.heartbeat_s)
+    heartbeat = Heartbeat(
+        processor().factory, hostname, settings.heartbeat_s, processor().classifier.version
+    )
     heartbeat.start()
     try:
         worker.start()

@@ -54,6 +54,16 @@ class ModelPool:
             )
         return chosen
 
+    def with_version(self, version: str) -> BatchProcessor | None:
+        """The loaded model of `version` (the configured one or an extra), if any; nothing is
+        loaded for it."""
+        if self.main().classifier.version == version:
+            return self.main()
+        for processor in self.loaded.values():
+            if processor.classifier.version == version:
+                return processor
+        return None
+
     def _extra(self, path: Path, version: str | None) -> BatchProcessor:
         cached = self.loaded.pop(path, None)
         if cached is not None and version and cached.classifier.version != version:

@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
+from db.models import Prediction
 from db.session import transaction
 from model import regions
 from model.decode import DecodeError
@@ -187,6 +188,42 @@ class BatchProcessor:
             [prepared for _, prepared in good], self.heatmaps
         )
         return good, results, maps
+
+    def draw_heatmap(self, prediction_id: int) -> str | None:
+        """Draw and store the heat map of a stored prediction made by this model (the dashboard
+        asks for one where the worker stored none); the map's path, or None when it cannot be
+        drawn here (the prediction is gone or from another model, the file is unreadable)."""
+        from model.explain import MAP_SUFFIX, save_map
+
+        with self.factory() as session:
+            prediction = session.get(Prediction, prediction_id)
+            image = prediction.image if prediction is not None else None
+            if prediction is None or image is None:
+                log.warning("heat map for prediction %d: it no longer exists", prediction_id)
+                return None
+            if prediction.model_version != self.classifier.version:
+                log.warning(
+                    "heat map for prediction %d: made by model %s, this worker runs %s",
+                    prediction_id,
+                    prediction.model_version,
+                    self.classifier.version,
+                )
+                return None
+            if prediction.heatmap_path and Path(prediction.heatmap_path).is_file():
+                return prediction.heatmap_path
+            image_id, path, sha256 = image.id, image.path, image.sha256
+        (prepared,) = self.classifier.prepare_files([(path, sha256)])
+        if isinstance(prepared, DecodeError):
+            log.warning("heat map for image %d cannot be drawn: %s", image_id, prepared)
+            return None
+        _, maps = self.classifier.predict_prepared([prepared], "all")
+        self.heatmaps_dir.mkdir(parents=True, exist_ok=True)
+        target = self.heatmaps_dir / f"{sha256}-{self.classifier.version}{MAP_SUFFIX}"
+        stored = str(save_map(maps[0], target))
+        with transaction(self.factory) as session:
+            queries.set_heatmap_path(session=session, prediction_id=prediction_id, path=stored)
+        log.info("heat map drawn on request for image %d", image_id)
+        return stored
 
     def _save_heatmaps(
         self, good: list[tuple[Claimed, Prepared]], maps: dict[int, np.ndarray]

@@ -16,7 +16,7 @@ from celery_batches import Batches, SimpleRequest
 from config import Settings
 from db import queries
 from db.session import transaction
-from worker.app import PREDICT_TASK, RESCORE_TASK, UPLOAD_TASK
+from worker.app import HEATMAP_TASK, PREDICT_TASK, RESCORE_TASK, UPLOAD_TASK
 from worker.models import ModelUnavailable
 from worker.processing import BatchProcessor
 
@@ -89,10 +89,18 @@ def bind_tasks(
     settings: Settings,
     processor: Callable[[], BatchProcessor],
     models: Callable[[str | None, str | None], BatchProcessor] | None = None,
+    by_version: Callable[[str], BatchProcessor | None] | None = None,
 ) -> None:
-    """Register the batched bulk task, the single-image upload task and the batched rescore
-    task on `app`; `models(path, version)` gives the processor a rescore asks for (default:
-    the configured model whatever the message names)."""
+    """Register the batched bulk task, the single-image upload task, the batched rescore task
+    and the heat-map task on `app`; `models(path, version)` gives the processor a rescore asks
+    for (default: the configured model whatever the message names), `by_version(version)` the
+    loaded one a heat map needs (default: the configured model if it is that version)."""
+
+    def loaded(version: str) -> BatchProcessor | None:
+        if by_version is not None:
+            return by_version(version)
+        main = processor()
+        return main if main.classifier.version == version else None
 
     # Bulk and rescore messages are collected into batches by the same two knobs.
     batched: dict[str, Any] = {
@@ -112,6 +120,24 @@ def bind_tasks(
     def predict_upload(image_id: int) -> None:
         # An upload is a batch of one through the same code path.
         run_limited(processor(), [int(image_id)], settings.task_time_limit_s)
+
+    @app.task(name=HEATMAP_TASK, acks_late=True, reject_on_worker_lost=True)
+    def draw_heatmap(prediction_id: int, model_version: str) -> None:
+        chosen = loaded(str(model_version))
+        if chosen is None:
+            # The dashboard asks only while a live worker runs this version; another worker
+            # may, this one does not: say so rather than draw it with the wrong model.
+            log.warning(
+                "heat map for prediction %d not drawn: model %s is not loaded here",
+                int(prediction_id),
+                model_version,
+            )
+            return
+        try:
+            with time_limit(settings.task_time_limit_s):
+                chosen.draw_heatmap(int(prediction_id))
+        except BatchTimeLimitExceeded:
+            log.error("heat map for prediction %d aborted by the time limit", int(prediction_id))
 
     @app.task(name=RESCORE_TASK, **batched)
     def rescore_batch(requests: list[SimpleRequest]) -> None:

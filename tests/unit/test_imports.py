@@ -1,5 +1,6 @@
 """Each process imports only what it uses: the CLI, the supervisor, the watcher and the DICOM
-listener never load torch, ONNX Runtime or Streamlit (checked in a fresh interpreter each)."""
+listener never load torch, ONNX Runtime or Streamlit, the dashboard never torch or ONNX Runtime
+(checked in a fresh interpreter each)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ from config import Settings
 from watcher.main import build_watcher
 build_watcher(Settings(), "redis://127.0.0.1:9/0")
 """
+# Every dashboard module: the dashboard shows what the workers stored and asks them for heat
+# maps; it never loads a model.
+DASHBOARD = """
+import fracture.cli
+import dashboard.services, dashboard.ui, dashboard.viewer
+import dashboard.views.browse, dashboard.views.overview, dashboard.views.upload
+"""
 DICOM_LISTENER = """
 import fracture.cli
 import pacs.main
@@ -68,6 +76,7 @@ def heavy_modules_after(code: str, tmp_path: Path) -> list[str]:
         pytest.param(CLI.format(args=["results"]), [], id="fracture results"),
         pytest.param(UP, [], id="fracture up (supervisor)"),
         pytest.param(WATCHER, [], id="fracture watch"),
+        pytest.param(DASHBOARD, ["streamlit"], id="fracture dashboard"),
         # its result sender decodes the original image to draw the answer on a copy
         pytest.param(DICOM_LISTENER, ["cv2"], id="fracture dicom-listen"),
     ],

@@ -83,3 +83,31 @@ def test_overview_rows_say_which_workers_still_beat(database_url: str) -> None:
         },
     ]
     engine.dispose()
+
+
+def test_live_model_versions_are_those_of_workers_with_a_recent_heartbeat(
+    database_url: str,
+) -> None:
+    upgrade(database_url)
+    factory = make_session_factory(make_engine(database_url))
+    with transaction(factory) as session:
+        queries.heartbeat(session=session, worker="a", model_version="m1", now=T0)
+        queries.heartbeat(session=session, worker="b", model_version="m1", now=T0)
+        queries.heartbeat(session=session, worker="c", model_version="m2", now=T0)
+        queries.heartbeat(
+            session=session, worker="dead", model_version="m3", now=T0 - timedelta(minutes=1)
+        )
+        queries.heartbeat(session=session, worker="old-style", now=T0)  # no version named
+    with factory() as session:
+        alive = timedelta(seconds=15)
+        assert queries.live_model_versions(session=session, alive_within=alive, now=T0) == {
+            "m1",
+            "m2",
+        }
+    with transaction(factory) as session:  # a restarted worker with a new model says so
+        queries.heartbeat(session=session, worker="c", model_version="m4", now=T0)
+    with factory() as session:
+        assert queries.live_model_versions(session=session, alive_within=alive, now=T0) == {
+            "m1",
+            "m4",
+        }

@@ -6,19 +6,20 @@ import logging
 import os
 import socket
 import warnings
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 from celery.exceptions import SecurityWarning
-from celery.signals import worker_ready
+from celery.signals import heartbeat_sent, worker_ready
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings
 from db.migrate import upgrade
 from db.session import make_engine, make_session_factory
 from model.inference import Classifier
+from worker import liveness
 from worker.app import BULK_QUEUE, RESCORE_QUEUE, UPLOAD_QUEUE, make_celery
-from worker.liveness import Heartbeat
 from worker.models import ModelPool
 from worker.processing import BatchProcessor
 from worker.tasks import bind_tasks
@@ -94,8 +95,17 @@ def run_worker(
         optimization="fair",
         quiet=not settings.debug,  # Celery's banner
     )
-    heartbeat = Heartbeat(
-        processor().factory, hostname, settings.heartbeat_s, processor().classifier.version
+    # Celery's event-loop timer sends its event heartbeat every 2 s: each one shows the main
+    # loop is turning. A loop that stops (stuck in a socket call while the broker answers)
+    # ends the worker, and whoever supervises it starts a fresh one.
+    heartbeat_sent.connect(lambda **_: liveness.progress.tick(), weak=False)
+    heartbeat = liveness.Heartbeat(
+        processor().factory,
+        hostname,
+        settings.heartbeat_s,
+        processor().classifier.version,
+        stall_after_s=settings.dead_after_s,
+        broker_answers=_broker_answers(broker_url),
     )
     heartbeat.start()
     try:
@@ -105,6 +115,22 @@ def run_worker(
     code = getattr(worker, "exitcode", 0) or 0
     if code:
         raise SystemExit(code)
+
+
+def _broker_answers(url: str) -> Callable[[], bool]:
+    """Whether the broker answers a ping within 2 s (a worker waiting for a broker that is
+    down is not stalled: a restart would not help it)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    return answers
 
 
 def _touch_when_ready(path: Path) -> None:

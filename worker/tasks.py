@@ -16,6 +16,7 @@ from celery_batches import Batches, SimpleRequest
 from config import Settings
 from db import queries
 from db.session import transaction
+from worker import liveness
 from worker.app import HEATMAP_TASK, PREDICT_TASK, RESCORE_TASK, UPLOAD_TASK
 from worker.models import ModelUnavailable
 from worker.processing import BatchProcessor
@@ -29,10 +30,18 @@ class BatchTimeLimitExceeded(RuntimeError):
 
 @contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
-    """Abort the block after `seconds` (the solo pool ignores Celery's own time limits)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    """Abort the block after `seconds` (the solo pool ignores Celery's own time limits); the
+    watchdog counts the worker as working, not stalled, until then."""
+    with liveness.progress.working(seconds):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        with _alarm(seconds):
+            yield
+
+
+@contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
 
     def _expired(_signum: int, _frame: FrameType | None) -> None:
         raise BatchTimeLimitExceeded(f"batch exceeded the {seconds:.0f} s time limit")

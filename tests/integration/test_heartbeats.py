@@ -3,14 +3,16 @@ go back to the queue, and what the Overview page shows."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from dashboard.views.overview import heartbeat_rows
 from db import queries
 from db.migrate import upgrade
-from db.models import Image
+from db.models import Image, Worker
 from db.session import make_engine, make_session_factory, transaction
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -111,3 +113,60 @@ def test_live_model_versions_are_those_of_workers_with_a_recent_heartbeat(
             "m1",
             "m4",
         }
+
+
+def test_a_stalled_worker_stops_beating_and_exits_and_a_live_one_beats(database_url: str) -> None:
+    from worker.liveness import STALLED_EXIT, Heartbeat, Progress
+
+    upgrade(database_url)
+    factory = make_session_factory(make_engine(database_url))
+    now = [100.0]
+    progress = Progress(lambda: now[0])
+    exits: list[int] = []
+    heartbeat = Heartbeat(
+        factory,
+        "w",
+        1.0,
+        "m1",
+        stall_after_s=15.0,
+        broker_answers=lambda: True,
+        progress=progress,
+        exit=exits.append,
+    )
+    assert heartbeat.check() is True
+    with factory() as session:
+        first = session.get(Worker, "w")
+        assert first is not None and first.model_version == "m1"
+        beat_at = first.heartbeat_at
+    now[0] += 16.0
+    assert heartbeat.check() is True  # quiet, the broker answers: its grace starts
+    now[0] += 16.0
+    assert heartbeat.check() is False
+    assert exits == [STALLED_EXIT]
+    with factory() as session:
+        last = session.get(Worker, "w")
+        assert last is not None
+        assert last.heartbeat_at > beat_at  # the second round beat, the stalled one did not
+
+
+def test_an_idle_worker_is_not_taken_for_a_stalled_one(
+    tmp_path: Path, broker_url: str, tiny_model: Path
+) -> None:
+    """Celery's event-loop timer keeps the watchdog fed while the worker waits for work: with
+    a 3 s stall limit, a worker idle for four times as long lives on and still scores."""
+    from config import Settings
+    from tests.helpers import make_distinct_images, process_pipeline, wait_for
+    from tests.integration.test_rescore import register
+    from worker import client
+    from worker.app import make_celery
+
+    with process_pipeline(tmp_path, broker_url, tiny_model, heartbeat_s=0.5, dead_after_s=3) as p:
+        ids = register(p, make_distinct_images(tmp_path / "store", 2))
+        p.start("worker")
+        assert wait_for(lambda: "ready" in p.logs(20000), timeout=90), p.logs()
+        time.sleep(12)  # what is checked is that nothing happens meanwhile
+        assert p.alive(), p.logs()
+        assert "stalled" not in p.logs(20000)
+        assert client.enqueue(make_celery(Settings(), broker_url), p.factory, ids)
+        assert wait_for(lambda: p.settled(2), timeout=60), p.logs()
+        assert p.alive() and "stalled" not in p.logs(20000)

@@ -852,3 +852,28 @@ def test_overview_counts_results_sent_to_pacs_and_links_the_failed_ones(
     assert at.multiselect(key="f-export").value == [ExportState.FAILED]
     assert at.selectbox(key="f-model").value == browse.ALL_VERSIONS
     assert table_files(at) == [B1]
+
+
+def test_draw_heatmap_asks_the_workers_and_says_why_when_none_can(
+    env: dict[str, str], broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard runs no model: a heat map for a negative is a worker's job, asked for only
+    where a live worker runs the model that made the prediction."""
+    monkeypatch.setenv("FRACTURE_BROKER_URL", broker_url)
+    ids = seed([("n/negative.jpg", 0.02, "watch")], model_version="seed_cnn-test")
+    at = app().run()
+    at.switch_page("views/browse.py").run()
+    at.number_input(key="open-image").set_value(ids["n/negative.jpg"]).run()
+    assert_clean(at)
+    at = next(b for b in at.button if b.label == "Draw heatmap").click().run()
+    assert "A heatmap cannot be drawn now: no worker is running." in texts(at)
+
+    factory = make_session_factory(make_engine(settings().resolved_database_url))
+    with transaction(factory) as session:
+        queries.heartbeat(session=session, worker="w1", model_version="seed_cnn-newer")
+    at = next(b for b in at.button if b.label == "Draw heatmap").click().run()
+    assert (
+        "it can only be drawn by the model that made this prediction (seed_cnn-test); "
+        "the workers run seed_cnn-newer." in texts(at)
+    )
+    assert viewer_spec(at)["heat"] is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import warnings
 from collections.abc import Callable
@@ -68,7 +69,11 @@ def run_worker(
     settings.ensure_dirs()
     upgrade(settings.resolved_database_url)
     app = make_celery(settings, broker_url)
-    hostname = name or f"fracture-worker-{os.getpid()}@{socket.gethostname()}"
+    # A restarted container keeps its host name and often its pid: the random part keeps a
+    # new worker from answering for the heartbeat of the one that died there.
+    hostname = name or (
+        f"fracture-worker-{os.getpid()}-{secrets.token_hex(3)}@{socket.gethostname()}"
+    )
     processor = cache(lambda: build_processor(settings, worker=hostname))
     processor()  # load now: fail at start-up, not on the first image
     models = ModelPool(

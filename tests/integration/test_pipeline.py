@@ -133,8 +133,14 @@ def test_worker_killed_mid_batch_its_images_are_resent_within_seconds_and_done_o
         os.killpg(worker.pid, signal.SIGKILL)  # type: ignore[attr-defined]
         worker.wait()  # type: ignore[attr-defined]
         killed_at = time.monotonic()
-        dead = f"fracture-worker-{worker.pid}@{socket.gethostname()}"
         with p.factory() as session:
+            names = session.scalars(
+                select(Image.claimed_by).where(
+                    Image.claimed_by.like(f"fracture-worker-{worker.pid}-%")
+                )
+            )
+            (dead,) = set(names)
+            assert dead.endswith(f"@{socket.gethostname()}")
             held = set(
                 session.scalars(
                     select(Image.id).where(Image.status == "processing", Image.claimed_by == dead)

@@ -116,13 +116,21 @@ pip_mounts() {
     printf '%s\n' "${mounts[@]}"
 }
 
+# The packages the wheel holds, as pyproject.toml lists them (so a new package is hashed too).
+packages() {
+    python3 -c 'import sys, tomllib
+found = tomllib.load(open(sys.argv[1], "rb"))["tool"]["setuptools"]["packages"]["find"]
+print("\n".join(pattern.rstrip("*") for pattern in found["include"]))' "$REPO/pyproject.toml"
+}
+
 # The application's build inputs: what the Dockerfile copies (.dockerignore applied by podman).
 app_inputs_hash() {
+    local -a dirs
+    mapfile -t dirs < <(packages)
     (
         cd "$REPO"
         image_id "$PYTHON_IMAGE"
-        find Dockerfile .dockerignore pyproject.toml README.md \
-             config fracture model db worker watcher dashboard bench pacs \
+        find Dockerfile .dockerignore pyproject.toml README.md "${dirs[@]}" \
              -type f ! -name '*.pyc' ! -path '*/__pycache__/*' \
              \( ! -path 'model/weights/*' -o -name 'fracture.pt' -o -name 'fracture-single-pass.pt' \) \
              -print0 2>/dev/null | sort -z | xargs -0 sha256sum
@@ -146,6 +154,14 @@ build_app() {
     # The image this one replaces; its layers shared with the new one (the dependencies) stay.
     if [ -n "$previous" ] && [ "$previous" != "$(image_id "$APP_IMAGE")" ]; then
         podman rmi "$previous" > /dev/null 2>&1 || true
+    fi
+    # Each build also leaves its `build` stage (sources, models, wheel) untagged: drop those
+    # made since the Python base. Layer-cache steps have children, so they are not dangling.
+    local -a dangling
+    mapfile -t dangling < <(podman images --quiet --filter dangling=true \
+                                          --filter "since=$PYTHON_IMAGE")
+    if [ "${#dangling[@]}" -gt 0 ]; then
+        podman rmi "${dangling[@]}" > /dev/null 2>&1 || true
     fi
     log "built $APP_IMAGE ($(podman image inspect --format '{{.Size}}' "$APP_IMAGE" | numfmt --to=iec))"
 }

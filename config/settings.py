@@ -142,6 +142,15 @@ class Settings(BaseSettings):
         1024, ge=1, description="larger files are recorded as failed and never read"
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line, for a log shipper"
+    )
+    metrics_port: int | None = Field(
+        None,
+        description="Prometheus metrics on this port (0 or unset: none); `fracture up` serves "
+        "its own here and gives its worker, watcher and DICOM listener the next three",
+    )
+    metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
 
     @field_validator("batch_size")
     @classmethod
@@ -183,6 +192,13 @@ class Settings(BaseSettings):
         if value is not None and not 1 <= value <= 65535:
             raise ValueError("FRACTURE_DICOM_PORT must be between 1 and 65535")
         return value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _metrics_port_valid(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= 65535 - 3:
+            raise ValueError("FRACTURE_METRICS_PORT must be between 1 and 65532 (0: no metrics)")
+        return value or None
 
     @model_validator(mode="after")
     def _prefetch_fills_batches(self) -> Settings:

@@ -573,6 +573,29 @@ def images_to_resend(
     )
 
 
+@dataclass(frozen=True)
+class Waiting:
+    queued: int
+    processing: int
+    oldest_received_at: datetime | None
+
+
+def waiting_images(*, session: Session) -> Waiting:
+    """How many images wait for a result (queued, processing) and when the oldest arrived."""
+    waiting = [ImageStatus.QUEUED, ImageStatus.PROCESSING]
+    counts = dict(
+        session.execute(
+            select(Image.status, func.count())
+            .where(Image.status.in_(waiting))
+            .group_by(Image.status)
+        ).all()
+    )
+    oldest = session.scalar(select(func.min(Image.received_at)).where(Image.status.in_(waiting)))
+    return Waiting(
+        int(counts.get(ImageStatus.QUEUED, 0)), int(counts.get(ImageStatus.PROCESSING, 0)), oldest
+    )
+
+
 def list_images(*, session: Session, limit: int = 50, status: str | None = None) -> list[Image]:
     """Newest first, with their predictions loaded."""
     query = select(Image).options(selectinload(Image.predictions)).order_by(Image.id.desc())

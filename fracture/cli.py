@@ -101,7 +101,7 @@ def up(
     from fracture.supervisor import run_all
 
     settings = build_settings(inbox=inbox, data_dir=data_dir, model_path=model, device=device)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, "supervisor")
     sys.exit(run_all(settings, with_dashboard=dashboard))
 
 
@@ -130,7 +130,7 @@ def worker(
     settings = build_settings(
         data_dir=data_dir, model_path=model, device=device, database_url=database_url
     )
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, "worker")
     from worker.main import run_worker
 
     try:
@@ -150,7 +150,7 @@ def watch(
     settings = build_settings(
         inbox=inbox, data_dir=data_dir, database_url=database_url, polling=polling
     )
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, "watcher")
     from watcher.main import run_watcher
 
     run_watcher(settings, _broker_url(settings))
@@ -175,7 +175,7 @@ def dicom_listen(
         data_dir=data_dir,
         database_url=database_url,
     )
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, "dicom")
     from pacs.main import run_listener
 
     try:
@@ -198,7 +198,7 @@ def dicom_send(
     """Send stored results of DICOM images to FRACTURE_DICOM_DESTINATION (secondary capture
     and structured report); prints what was sent, retried and failed."""
     settings = build_settings(data_dir=data_dir, database_url=database_url)
-    setup_logging(settings.log_level if follow else "WARNING")
+    setup_logging(settings.log_level if follow else "WARNING", settings.log_format, "dicom-send")
     if settings.destination is None:
         raise UserError("FRACTURE_DICOM_DESTINATION is not set (AET@host:port)")
     from db import exports
@@ -247,7 +247,7 @@ def dashboard_cmd(
     from fracture.supervisor import dashboard_command
 
     settings = build_settings(data_dir=data_dir, dashboard_port=port)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, "dashboard")
     command = dashboard_command(settings)
     # Replace this process so Streamlit itself receives SIGTERM and stops cleanly.
     os.execv(command[0], command)
@@ -712,7 +712,7 @@ def db_upgrade(data_dir: DataOpt = None, database_url: DbOpt = None) -> None:
     from db.migrate import upgrade
 
     settings = build_settings(data_dir=data_dir, database_url=database_url)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, "migrate")
     upgrade(settings.resolved_database_url)
     typer.echo("database schema is up to date")
 

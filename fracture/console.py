@@ -13,12 +13,25 @@ import typer
 QUIET_LOGGERS = ("alembic",)
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str = "INFO", log_format: str = "text", service: str = "fracture") -> None:
+    """Log to stderr: readable lines (`text`) or one JSON object per line (`json`, for a log
+    shipper) naming `service`. Both mask passwords in URLs; below DEBUG, a lost broker
+    connection or failed acknowledgement is one line instead of a traceback."""
+    from telemetry.logs import JsonFormatter, MaskSecrets, OneLineBrokerErrors
+
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(service))
+        logging.captureWarnings(True)  # warnings as records too, not multi-line stderr text
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    if level.upper() != "DEBUG":
+        handler.addFilter(OneLineBrokerErrors())
+    handler.addFilter(MaskSecrets())
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     root = logging.getLogger().getEffectiveLevel()
     if root > logging.DEBUG:
         for name in QUIET_LOGGERS:

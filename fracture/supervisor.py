@@ -15,12 +15,13 @@ import time
 import urllib.request
 from collections import deque
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from config import Settings
 from db.migrate import upgrade
+from telemetry import metrics
 from worker.broker import URL_FILE, PrivateBroker, die_with_parent
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
     if not settings.resolved_model_path.is_file():
         log.error("model file not found: %s", settings.resolved_model_path)
         return 2
+    metrics.serve(settings, "supervisor")
 
     broker: PrivateBroker | None = None
     if settings.broker_url:
@@ -123,7 +125,8 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
 
     restarts = Restarts(settings.restart_limit, settings.restart_window_s)
     children = {
-        name: Child(name, command, quiet=name in quiet) for name, command in commands.items()
+        name: Child(name, command, quiet=name in quiet, env=metrics_env(settings, name))
+        for name, command in commands.items()
     }
     status = 0
     announced = False
@@ -141,6 +144,7 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
                         status, stopping = 1, True
                         break
                     log.error("broker exited with status %d; restarting it", code)
+                    metrics.RESTARTS.labels("broker").inc()
                     try:
                         broker.start()  # same port and data: clients reconnect
                     except RuntimeError as exc:
@@ -163,6 +167,14 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
         shutil.rmtree(ready_dir, ignore_errors=True)
         log.info("stopped")
     return status
+
+
+def metrics_env(settings: Settings, name: str) -> dict[str, str]:
+    """A child's own metrics port (FRACTURE_METRICS_PORT plus its offset), or none for it."""
+    if name not in metrics.PORT_OFFSETS:
+        return {"FRACTURE_METRICS_PORT": "0"}
+    port = metrics.child_port(settings, name)
+    return {"FRACTURE_METRICS_PORT": str(port or 0)}
 
 
 def dashboard_url(settings: Settings) -> str:
@@ -232,6 +244,7 @@ class Child:
     name: str
     command: list[str]
     quiet: bool = False  # its standard output discarded
+    env: dict[str, str] = field(default_factory=dict)  # its own, over the shared environment
     process: subprocess.Popen[bytes] | None = None
     restart_at: float | None = None
     given_up: bool = False
@@ -239,7 +252,7 @@ class Child:
     def start(self, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
             self.command,
-            env=env,
+            env={**env, **self.env},
             preexec_fn=die_with_parent,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL if self.quiet else None,
@@ -269,6 +282,7 @@ class Child:
             return "fatal"
         delay = restarts.delay(self.name)
         log.error("%s exited with status %d; restarting it in %.1f s", self.name, code, delay)
+        metrics.RESTARTS.labels(self.name).inc()
         self.restart_at = now + delay
         return "restarting"
 

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.models import ImageSource
+from telemetry import metrics
 from worker import client
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ class StoreHandler:
 
     def store(self, encoded: bytes, calling_ae: str | None) -> int:
         """The status for the sender, after the instance is safely kept (or not)."""
+        metrics.FILES_SEEN.labels("dicom").inc()
         sha = hashlib.sha256(encoded).hexdigest()
         try:
             instance = read_instance(encoded, calling_ae)

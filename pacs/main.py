@@ -12,6 +12,7 @@ from db.migrate import upgrade
 from db.session import make_engine, make_session_factory
 from pacs.listen import Listener, StoreHandler
 from pacs.send import ResultSender
+from telemetry import metrics
 from worker.app import make_celery
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def run_listener(settings: Settings, broker_url: str) -> None:
         calling_aes=settings.calling_ae_titles,
     )
     sender = build_sender(settings)
+    metrics.serve(settings, "dicom")
     stop = threading.Event()
 
     def _stop(_signum: int, _frame: FrameType | None) -> None:

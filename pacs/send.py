@@ -30,6 +30,7 @@ from db.models import Prediction, utcnow
 from db.session import transaction
 from model.decode import DecodeError, decode
 from pacs.objects import Finding, ResultUIDs, secondary_capture, structured_report
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ class ResultSender:
                             now=self.clock(),
                         )
                     outcome.sent.append(export_id)
+                    metrics.DICOM_SENT.inc()
         except SendError as exc:
             recorded = {*outcome.sent, *outcome.retrying, *outcome.failed}
             for export_id in built:
@@ -218,6 +220,7 @@ class ResultSender:
                 backoff=self.backoff,
             )
         (outcome.failed if failed else outcome.retrying)[export_id] = error
+        metrics.DICOM_FAILED.labels("true" if failed else "false").inc()
         log.warning("result %d %s: %s", export_id, "failed" if failed else "will be retried", error)
 
     # -- as a background thread (inside `fracture dicom-listen`) ----------------------------

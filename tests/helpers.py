@@ -569,6 +569,8 @@ class LocalStack:
             "FRACTURE_DASHBOARD_PORT": str(free_port()),
             "FRACTURE_DICOM_PORT": str(free_port()),
             "FRACTURE_DICOM_HOST": "127.0.0.1",
+            # each container has a metrics port of its own; local processes would share one
+            "FRACTURE_METRICS_PORT": "0",
         }
 
     def __enter__(self) -> LocalStack:

@@ -8,6 +8,7 @@ from types import FrameType
 from config import Settings
 from db.migrate import upgrade
 from db.session import make_engine, make_session_factory
+from telemetry import metrics
 from watcher.watch import Watcher
 from worker.app import make_celery
 
@@ -26,11 +27,13 @@ def build_watcher(settings: Settings, broker_url: str) -> Watcher:
         stuck_after_s=settings.stuck_after_s,
         dead_after_s=settings.dead_after_s,
         rescan_interval_s=settings.rescan_interval_s,
+        observe_queue=settings.metrics_port is not None,
     )
 
 
 def run_watcher(settings: Settings, broker_url: str) -> None:
     watcher = build_watcher(settings, broker_url)
+    metrics.serve(settings, "watcher")
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         watcher.request_stop()

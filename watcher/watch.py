@@ -24,6 +24,7 @@ from watchdog.observers.polling import PollingObserver
 from db import queries
 from db.session import transaction
 from model.files import special_kind
+from telemetry import metrics
 from worker import client
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ class Watcher:
         stuck_after_s: float = 120.0,
         dead_after_s: float = 15.0,
         rescan_interval_s: float = 60.0,
+        observe_queue: bool = False,
     ) -> None:
         self.inbox = inbox.resolve()
         self.app = app
@@ -213,6 +215,7 @@ class Watcher:
         self.stuck_after = timedelta(seconds=stuck_after_s)
         self.dead_after = timedelta(seconds=dead_after_s)
         self.rescan_interval_s = rescan_interval_s
+        self.observe_queue = observe_queue  # metrics: read the queue's state each sweep
         # path → (size, mtime) when it was hashed: a rescan skips files that have not changed
         self._hashed: dict[str, tuple[int, int]] = {}
         self._hash_pool = ThreadPoolExecutor(max_workers=max(1, hash_threads))
@@ -293,6 +296,7 @@ class Watcher:
     def register(self, paths: Iterable[Path]) -> list[int]:
         """Hash, register and enqueue settled files; returns the ids sent."""
         paths = list(paths)
+        metrics.FILES_SEEN.labels("watch").inc(len(paths))
         described = list(self._hash_pool.map(self._safe_describe, paths))
         entries: list[tuple[Path, queries.NewImage]] = []
         for path, info in zip(paths, described, strict=True):
@@ -349,12 +353,27 @@ class Watcher:
             rows = queries.images_to_resend(session=session, stuck_after=self.stuck_after)
             unsent = [r.id for r in rows if r.enqueued_at is None]
             stuck = [r.id for r in rows if r.enqueued_at is not None]
+            if self.observe_queue:
+                self._observe(session, depth)
         # A non-empty queue means workers are still working through a backlog.
         resend = unsent + (stuck if depth == 0 else [])
         if resend and client.enqueue(self.app, self.factory, resend):
             log.info("sweeper re-sent %d image(s) (%d never sent)", len(resend), len(unsent))
             return len(resend)
         return 0
+
+    def _observe(self, session: Session, depth: int | None) -> None:
+        """The queue's state for the metrics: three small queries, once per sweep."""
+        waiting = queries.waiting_images(session=session)
+        live = queries.worker_heartbeats(session=session, since=self.dead_after)
+        metrics.observe_queue(
+            queued=waiting.queued,
+            processing=waiting.processing,
+            oldest=waiting.oldest_received_at,
+            live_workers=len(live),
+        )
+        if depth is not None:
+            metrics.QUEUE_MESSAGES.set(depth)
 
     def rescue(self) -> int:
         """Re-send at once what a dead worker held (each image then runs alone): a worker

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import ImageSource
 from db.session import transaction
+from telemetry import metrics
 from worker.app import (
     BULK_QUEUE,
     HEATMAP_TASK,
@@ -118,13 +119,23 @@ def register(
             ],
         )
     for image_id, _ in duplicates:
-        log.info("duplicate of image %d recorded, not scored again", image_id)
+        log.info(
+            "duplicate of image %d recorded, not scored again",
+            image_id,
+            extra={"image_id": image_id},
+        )
+    metrics.DUPLICATES.labels(source).inc(len(duplicates))
     new_ids: list[int] = []
     for entry, (image_id, created) in zip(entries, registered, strict=True):
         if not created:
             continue
+        metrics.IMAGES_REGISTERED.labels(source).inc()
         if entry.rejection:
-            log.warning("rejected %s: %s", entry.filename.rsplit("/", 1)[-1], entry.rejection)
+            # The image id, not the file name: names can carry a patient's name.
+            log.warning(
+                "image %d rejected: %s", image_id, entry.rejection, extra={"image_id": image_id}
+            )
+            metrics.count_failures([entry.rejection])
         else:
             new_ids.append(image_id)
     if new_ids and enqueue(app, factory, new_ids):

@@ -19,6 +19,8 @@ from config import Settings
 from db.migrate import upgrade
 from db.session import make_engine, make_session_factory
 from model.inference import Classifier
+from telemetry import metrics
+from telemetry.logs import celery_notices_as_records
 from worker import liveness
 from worker.app import BULK_QUEUE, RESCORE_QUEUE, UPLOAD_QUEUE, make_celery
 from worker.models import ModelPool
@@ -76,6 +78,9 @@ def run_worker(
     )
     processor = cache(lambda: build_processor(settings, worker=hostname))
     processor()  # load now: fail at start-up, not on the first image
+    metrics.serve(settings, "worker")
+    if settings.log_format == "json":
+        celery_notices_as_records()
     models = ModelPool(
         processor,
         settings.resolved_model_path,

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from db.session import transaction
 from model import regions
 from model.decode import DecodeError
 from model.inference import Classifier, Prepared, Result
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class Claimed:
     path: str
     sha256: str
     attempts: int = 1
+    received_at: datetime | None = None
 
 
 def groups_to_score(claimed: Sequence[Claimed]) -> list[list[Claimed]]:
@@ -81,7 +84,7 @@ class BatchProcessor:
                     session=session, image_ids=image_ids, max_attempts=self.max_attempts
                 )
                 for image_id, reason in sorted(gave_up.items()):
-                    log.error("image %d failed: %s", image_id, reason)
+                    log.error("image %d failed: %s", image_id, reason, extra={"image_id": image_id})
                 outcome.failed.update(gave_up)
                 images = queries.claim_images(
                     session=session,
@@ -90,7 +93,8 @@ class BatchProcessor:
                     worker=self.worker,
                 )
             claimed = [
-                Claimed(i.id, i.path, i.sha256, 1 if rescore else i.attempts) for i in images
+                Claimed(i.id, i.path, i.sha256, 1 if rescore else i.attempts, i.received_at)
+                for i in images
             ]
         outcome.skipped = sorted(
             set(image_ids) - {c.image_id for c in claimed} - set(outcome.failed)
@@ -99,6 +103,9 @@ class BatchProcessor:
             self._score(group, outcome, rescore=rescore)
         return_freed_memory()
         outcome.seconds = time.perf_counter() - started
+        if not rescore:  # a rescore changes no image's status
+            metrics.IMAGES_DONE.inc(len(outcome.done))
+            metrics.count_failures(outcome.failed.values())
         log.info(
             "batch of %d: %d done, %d failed, %d skipped in %.0f ms",
             len(image_ids),
@@ -118,6 +125,8 @@ class BatchProcessor:
         metadata: dict[int, dict[str, object]] = {}
         if good:
             elapsed_ms = (time.perf_counter() - started) * 1000
+            metrics.BATCH_SIZE.observe(len(good))
+            metrics.MODEL_SECONDS.observe(elapsed_ms / 1000)
             heatmap_paths = self._save_heatmaps(good, maps)
             for (item, prep), scored in zip(good, results, strict=True):
                 metadata[item.image_id] = {
@@ -164,6 +173,10 @@ class BatchProcessor:
                 failures={} if rescore else failed,
                 metadata=_known_columns(metadata),
             )
+        if not rescore:
+            metrics.observe_stored(item.received_at for item, _ in good)
+            for image_id, reason in sorted(failed.items()):
+                log.warning("image %d failed: %s", image_id, reason, extra={"image_id": image_id})
         outcome.failed.update(failed)
 
     def _predict(

@@ -79,7 +79,9 @@ def run_compose_config(env_file: Path, *options: str) -> subprocess.CompletedPro
 # -- (a) the file is valid compose, and says what the deployment needs -------------------------
 def test_compose_config_validates_and_matches_our_reading(tmp_path: Path) -> None:
     # With every profile on: Compose v2 leaves inactive profiles out of `config`.
-    result = run_compose_config(ENV_EXAMPLE, "--profile", "cpu", "--profile", "flower")
+    result = run_compose_config(
+        ENV_EXAMPLE, "--profile", "cpu", "--profile", "flower", "--profile", "monitoring"
+    )
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)["services"]
     ours = load_compose()["services"]

@@ -1,0 +1,2 @@
+"""What an operator watches: Prometheus metrics and logs as JSON lines. Light enough for every
+process to import (no torch, no CLI)."""

@@ -42,9 +42,12 @@ clean:
 
 # Heavy and opt-in, not part of `make test`: builds the images with podman from a debootstrapped
 # Debian base (no registry needed; cached by input hash) and runs docker-compose.yml in containers
-# through podman's Docker API: a drop into the inbox volume must end done (docs/DEPLOY.md).
+# through podman's Docker API: 200 radiographs dropped into the inbox volume must end done once
+# each, also with a worker added, a worker killed and Redis restarted mid-drop, and after down
+# and up again (docs/DEPLOY.md section 9). Needs ../shared (FracAtlas). `deploy-test`: same.
 CONTAINER_TOOLS := podman debootstrap catatonit docker-compose
-.PHONY: test-containers
+.PHONY: test-containers deploy-test
+deploy-test: test-containers
 test-containers: install
 	@missing=""; for t in $(CONTAINER_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
@@ -56,3 +59,12 @@ test-containers: install
 	@start=$$(date +%s); \
 	FRACTURE_CONTAINER_TESTS=1 $(BIN)/pytest -s -o timeout=3600 tests/containers; rc=$$?; \
 	echo "make test-containers: $$(( $$(date +%s) - start )) s"; exit $$rc
+
+# The image viewer's vendored OpenSeadragon (dashboard/static/viewer/), rebuilt from the exact
+# version dashboard/viewer_src/package-lock.json pins. Needs node and npm; nothing else here does,
+# because the built files are committed (a unit test checks them against the lock). node_modules
+# goes afterwards, so no package build picks up its files.
+.PHONY: viewer-assets
+viewer-assets:
+	cd dashboard/viewer_src && npm ci --ignore-scripts --no-audit --no-fund && npm run build
+	rm -rf dashboard/viewer_src/node_modules

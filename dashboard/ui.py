@@ -509,8 +509,8 @@ def viewer(
     )
     size = f"{image.width} × {image.height} px" if image.width else "original"
     st.caption(
-        f"Original, {size} (shown up to {viewer_links.VIEW_MAX_SIDE} px) · scroll or pinch to "
-        "zoom, drag to pan, shift-drag for window/level"
+        f"Original, {size}, at full resolution · scroll or pinch to zoom, drag to pan, "
+        "shift-drag for window/level"
         + (f" · {heat_caption}" if heat_caption and heat is not None else "")
         + boxes_note(boxes)
     )

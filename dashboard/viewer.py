@@ -1,20 +1,25 @@
-"""The record view's image viewer: the radiograph at up to VIEW_MAX_SIDE px with zoom and pan,
-window/level computed in the browser (with the DICOM file's own windows as presets), and the heat
-map and fracture boxes as overlays that toggle and fade. No Streamlit in here.
+"""The record view's image viewer: OpenSeadragon (vendored in dashboard/static/viewer/, rebuilt by
+`make viewer-assets` from dashboard/viewer_src/) showing the radiograph at full resolution as Deep
+Zoom tiles, with window/level computed in the browser (the DICOM file's own windows as presets)
+and the heat map and fracture boxes as overlays that toggle and fade. No Streamlit in here.
 
-How the pixels travel: the page embeds a small self-contained viewer (dashboard/viewer.js, no
-CDN) in an iframe, with a per-session link to its pixels, `/viewer/pixels/<token>`. A link is a
-random token registered in this process for one source and, with a password set, one sign-in
-cookie: the gate (dashboard/access.py) refuses it without a valid cookie, and this handler
-refuses it with any cookie but the one it was issued to, or after Sign out. The image goes as a
-lossless PNG whose red and green bytes carry 16 bits of grey, so the browser windows the stored
-dynamic range, not an 8-bit copy, with no server round trip per step.
+How the pixels travel: the page embeds a small viewer page in an iframe with a per-session link,
+`/viewer/pixels/<token>`. A link is a random token registered in this process for one source
+and, with a password set, one sign-in cookie: the gate (dashboard/access.py) refuses it without a
+valid cookie, and this handler refuses it with any cookie but the one it was issued to, or after
+Sign out. Under a radiograph's link the viewer reads `/info` (size, windows) and Deep Zoom tiles
+`/<level>/<column>_<row>.png`: lossless PNGs whose red and green bytes carry 16 bits of grey,
+reduced level by level here from the full-resolution pixels, so the browser windows the stored
+dynamic range, not an 8-bit copy, with no server round trip per step. A heat map's link serves
+the map coloured, at the size the viewer asks for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
+import math
 import secrets
 import threading
 import time
@@ -28,19 +33,25 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dashboard import access
 
-# 4096 px on the longer side: every radiograph shown at (or near) full resolution for a 4x zoom
-# on a 2,000 px column, while one canvas stays within 4096 x 4096 = 16.7 Mpx, the largest that
-# Safari on a phone or tablet draws, and windowing a step stays under ~50 ms in the browser.
-VIEW_MAX_SIDE = 4096
 PIXELS_PATH = "/viewer/pixels/"
+STATIC_PATH = "/viewer/static/"
+STATIC_DIR = Path(__file__).with_name("static") / "viewer"
+# What the viewer page loads from STATIC_DIR; nothing else there is served.
+STATIC_FILES = {
+    "openseadragon.min.js": "text/javascript",
+    "viewer.js": "text/javascript",
+    "viewer.css": "text/css",
+}
+TILE_SIZE = 512  # Deep Zoom tiles: a fitted view of a radiograph takes a handful
+TILE_OVERLAP = 1  # one shared pixel at each inner edge, so smoothing leaves no seams
+HEAT_MAX_SIDE = 2048  # the largest heat map the viewer may ask for (it asks for 1,024)
 MAX_LINKS = 4096
-ENCODED_CACHE = 6  # encoded images kept in memory (a few MB each)
-_SCRIPT = Path(__file__).with_name("viewer.js")
+PYRAMIDS_KEPT = 2  # decoded radiographs kept in memory: 2 bytes a pixel and a third more
 
 
 @dataclass(frozen=True)
@@ -105,11 +116,15 @@ LINKS = Links()
 # -- pixels -------------------------------------------------------------------------------------
 
 
-def encode_grey16(pixels: np.ndarray) -> bytes:
-    """Greyscale in [0, 1] as a lossless RGB PNG: red the high byte of 16 bits, green the low."""
+def grey16(pixels: np.ndarray) -> np.ndarray:
+    """Greyscale floats in [0, 1] as uint16 (the 16 bits every tile carries)."""
+    return np.rint(np.clip(pixels, 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+def encode_grey16(grey: np.ndarray) -> bytes:
+    """uint16 grey as a lossless RGB PNG: red the high byte, green the low, blue zero."""
     import cv2
 
-    grey = np.rint(np.clip(pixels, 0.0, 1.0) * 65535.0).astype(np.uint16)
     bgr = np.zeros((*grey.shape, 3), dtype=np.uint8)
     bgr[..., 2] = grey >> 8
     bgr[..., 1] = grey & 0xFF
@@ -129,12 +144,15 @@ def decode_grey16(png: bytes) -> np.ndarray:
     return (bgr[..., 2].astype(np.uint16) << 8) | bgr[..., 1].astype(np.uint16)
 
 
-def encode_heat(grid: np.ndarray) -> bytes:
-    """A heat map (any size, [0, 1]) as a jet-coloured RGBA PNG at its own size; cold areas
-    transparent, so the radiograph shows through where the model sees nothing."""
+def encode_heat(grid: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
+    """A heat map ([0, 1]) as a jet-coloured RGBA PNG, resized (bilinear) to `size` = (width,
+    height) when given; cold areas transparent, so the radiograph shows through where the model
+    sees nothing."""
     import cv2
 
     values = np.clip(np.nan_to_num(grid.astype(np.float32)), 0.0, 1.0)
+    if size is not None and size != (values.shape[1], values.shape[0]):
+        values = np.clip(cv2.resize(values, size, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
     bgr = cv2.applyColorMap((values * 255.0).round().astype(np.uint8), cv2.COLORMAP_JET)
     alpha = (np.clip(values * 2.0, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     ok, png = cv2.imencode(".png", np.dstack([bgr, alpha]))
@@ -143,31 +161,130 @@ def encode_heat(grid: np.ndarray) -> bytes:
     return png.tobytes()
 
 
-@lru_cache(maxsize=ENCODED_CACHE)
-def rendered(source: Source) -> tuple[bytes, dict[str, str]]:
-    """The PNG for a source and headers the viewer reads (the original's upright size, the
-    frame the fracture boxes are given in)."""
-    if source.kind == "heat":
-        if source.grid is not None:
-            grid = np.asarray(source.grid, dtype=np.float32)
-        else:
-            from model.explain import load_map
+class Pyramid:
+    """A radiograph's full-resolution pixels as 16-bit grey and the Deep Zoom levels below them
+    (each half the one above, rounded up, area-averaged), built when first asked for."""
 
-            grid = load_map(Path(source.path))
-        return encode_heat(grid), {}
-    from dashboard.services import display_pixels
+    def __init__(
+        self, full: np.ndarray, *, original: tuple[int, int], windows: list[dict[str, Any]]
+    ) -> None:
+        self.height, self.width = full.shape
+        self.original = original  # the stored image's upright (width, height): the boxes' frame
+        self.windows = windows
+        self.max_level = math.ceil(math.log2(max(self.width, self.height, 1)))
+        self._levels = {self.max_level: full}
+        self._lock = threading.Lock()
+
+    def level(self, level: int) -> np.ndarray:
+        """The pixels at a Deep Zoom level (max_level is the full resolution, 0 is 1 x 1)."""
+        import cv2
+
+        if not 0 <= level <= self.max_level:
+            raise KeyError(level)
+        with self._lock:
+            below = min(n for n in self._levels if n >= level)
+            pixels = self._levels[below]
+            for n in range(below - 1, level - 1, -1):
+                height, width = pixels.shape
+                size = ((width + 1) // 2, (height + 1) // 2)
+                pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+                self._levels[n] = pixels.reshape(size[1], size[0])
+            return self._levels[level]
+
+    def tile(self, level: int, column: int, row: int) -> np.ndarray:
+        """One Deep Zoom tile: TILE_SIZE pixels square at most, plus TILE_OVERLAP on inner edges."""
+        pixels = self.level(level)
+        height, width = pixels.shape
+        if not (0 <= column * TILE_SIZE < width and 0 <= row * TILE_SIZE < height):
+            raise KeyError((level, column, row))
+        x0, y0 = column * TILE_SIZE, row * TILE_SIZE
+        x0, y0 = max(x0 - TILE_OVERLAP, 0), max(y0 - TILE_OVERLAP, 0)
+        x1 = min((column + 1) * TILE_SIZE + TILE_OVERLAP, width)
+        y1 = min((row + 1) * TILE_SIZE + TILE_OVERLAP, height)
+        return pixels[y0:y1, x0:x1]
+
+    def info(self) -> dict[str, Any]:
+        """What the viewer needs before its first tile: sizes, windows and an automatic window
+        (1st to 99th percentile, in % of the 16-bit range like the DICOM presets, taken at a
+        quarter of the resolution: the same figures, a sixteenth of the work)."""
+        sample = self.level(max(self.max_level - 2, 0))
+        counts = np.cumsum(np.bincount(sample.ravel(), minlength=65536))
+        low, high = (int(np.searchsorted(counts, q * counts[-1])) / 655.35 for q in (0.01, 0.99))
+        return {
+            "width": self.width,
+            "height": self.height,
+            "tileSize": TILE_SIZE,
+            "overlap": TILE_OVERLAP,
+            "original": list(self.original),
+            "windows": self.windows,
+            "auto": {"level": (low + high) / 2, "width": max(high - low, 1.0)},
+        }
+
+
+def load_pyramid(source: Source) -> Pyramid:
+    """Decode a radiograph at full resolution (the settings' max_pixels still refuses a bomb)."""
     from model.decode import decode
     from model.files import read_file
 
     decoded = decode(
         read_file(source.path, sha256=source.sha256), target_size=None, max_pixels=source.max_pixels
     )
-    width, height = decoded.upright_size
-    shown = display_pixels(decoded.pixels, VIEW_MAX_SIDE)
-    headers = {"X-Original-Size": f"{width}x{height}"}
-    if decoded.format == "DICOM":
-        headers["X-Windows"] = json.dumps(dicom_presets(source.path))
-    return encode_grey16(shown), headers
+    windows = dicom_presets(source.path) if decoded.format == "DICOM" else []
+    return Pyramid(grey16(decoded.pixels), original=decoded.upright_size, windows=windows)
+
+
+@dataclass
+class Pyramids:
+    """The last few decoded radiographs. A burst of requests for a new image decodes it once
+    (the others wait for that decode); requests for other images do not wait for it."""
+
+    load: Callable[[Source], Pyramid] = load_pyramid
+    kept: int = PYRAMIDS_KEPT
+    _cache: OrderedDict[Source, Pyramid] = field(default_factory=OrderedDict)
+    _loading: dict[Source, threading.Lock] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, source: Source) -> Pyramid:
+        with self._lock:
+            pyramid = self._cached(source)
+            if pyramid is not None:
+                return pyramid
+            loading = self._loading.setdefault(source, threading.Lock())
+        with loading:
+            try:
+                with self._lock:
+                    pyramid = self._cached(source)
+                if pyramid is None:
+                    pyramid = self.load(source)  # a DecodeError caches nothing: asked again
+                    with self._lock:
+                        self._cache[source] = pyramid
+                        while len(self._cache) > self.kept:
+                            self._cache.popitem(last=False)
+                return pyramid
+            finally:
+                with self._lock:
+                    self._loading.pop(source, None)
+
+    def _cached(self, source: Source) -> Pyramid | None:
+        pyramid = self._cache.get(source)
+        if pyramid is not None:
+            self._cache.move_to_end(source)
+        return pyramid
+
+
+PYRAMIDS = Pyramids()
+
+
+@lru_cache(maxsize=16)
+def heat_png(source: Source, size: tuple[int, int] | None) -> bytes:
+    """A heat map source's PNG at `size` (or its own size)."""
+    if source.grid is not None:
+        grid = np.asarray(source.grid, dtype=np.float32)
+    else:
+        from model.explain import load_map
+
+        grid = load_map(Path(source.path))
+    return encode_heat(grid, size)
 
 
 def _listed(value: object) -> list[Any]:
@@ -213,58 +330,116 @@ def dicom_presets(path: str) -> list[dict[str, Any]]:
     return presets
 
 
-def routes(links: Links = LINKS) -> list[Route]:
-    """GET /viewer/pixels/<token>: the pixels behind a live link, to the cookie it was issued to
-    (the gate in front has already refused a browser that is not signed in)."""
+def _heat_size(request: Request) -> tuple[int, int] | None:
+    """The ?width=&height= a heat map is asked for, each 1..HEAT_MAX_SIDE; None without them."""
+    width, height = request.query_params.get("width"), request.query_params.get("height")
+    if width is None and height is None:
+        return None
+    if not (width and height and width.isdigit() and height.isdigit()):
+        raise ValueError("width and height must both be whole numbers")
+    size = (int(width), int(height))
+    if not all(1 <= side <= HEAT_MAX_SIDE for side in size):
+        raise ValueError(f"width and height must be between 1 and {HEAT_MAX_SIDE}")
+    return size
 
-    async def pixels(request: Request) -> Response:
-        source = links.resolve(request.path_params["token"], request.cookies.get(access.COOKIE))
-        if source is None:
-            return PlainTextResponse("No such image link (expired or not yours).", 404)
-        try:
-            body, headers = await run_in_threadpool(rendered, source)
-        except (OSError, ValueError) as exc:  # DecodeError is a ValueError
-            return PlainTextResponse(f"The image cannot be shown: {exc}", 422)
+
+def routes(links: Links = LINKS, pyramids: Pyramids = PYRAMIDS) -> list[Route]:
+    """The viewer's files and the pixels behind live links, to the cookie each link was issued
+    to (the gate in front has already refused a browser that is not signed in):
+
+    - GET /viewer/static/<file>: the viewer's script and style and the vendored OpenSeadragon;
+    - GET /viewer/pixels/<token>: a radiograph's full resolution in one PNG, or a heat map
+      (?width=&height= resizes it);
+    - GET /viewer/pixels/<token>/info: a radiograph's sizes and windows, as JSON;
+    - GET /viewer/pixels/<token>/<level>/<column>_<row>.png: one of its Deep Zoom tiles.
+    """
+
+    def private(body: bytes, headers: dict[str, str] | None = None) -> Response:
         # Private: never kept by a shared cache; the link itself dies with the sign-in.
-        headers = {**headers, "Cache-Control": "private, max-age=3600"}
+        headers = {**(headers or {}), "Cache-Control": "private, max-age=3600"}
         return Response(body, media_type="image/png", headers=headers)
 
-    return [Route(PIXELS_PATH + "{token}", pixels, methods=["GET"])]
+    async def answer(request: Request, kind: str, work: Callable[[Source], Response]) -> Response:
+        source = links.resolve(request.path_params["token"], request.cookies.get(access.COOKIE))
+        if source is None or (kind != "any" and source.kind != kind):
+            return PlainTextResponse("No such image link (expired or not yours).", 404)
+        try:
+            return await run_in_threadpool(work, source)
+        except KeyError:
+            return PlainTextResponse("No such tile.", 404)
+        except (OSError, ValueError) as exc:  # DecodeError is a ValueError
+            return PlainTextResponse(f"The image cannot be shown: {exc}", 422)
+
+    async def whole(request: Request) -> Response:
+        def work(source: Source) -> Response:
+            if source.kind == "heat":
+                return private(heat_png(source, _heat_size(request)))
+            pyramid = pyramids.get(source)
+            size = f"{pyramid.original[0]}x{pyramid.original[1]}"
+            body = encode_grey16(pyramid.level(pyramid.max_level))
+            return private(body, {"X-Original-Size": size})
+
+        return await answer(request, "any", work)
+
+    async def info(request: Request) -> Response:
+        def work(source: Source) -> Response:
+            body = pyramids.get(source).info()
+            return JSONResponse(body, headers={"Cache-Control": "private, no-cache"})
+
+        return await answer(request, "image", work)
+
+    async def tile(request: Request) -> Response:
+        level, column, row = (request.path_params[k] for k in ("level", "column", "row"))
+
+        def work(source: Source) -> Response:
+            return private(encode_grey16(pyramids.get(source).tile(level, column, row)))
+
+        return await answer(request, "image", work)
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC_FILES:
+            return PlainTextResponse("Not found.", 404)
+        body = await run_in_threadpool((STATIC_DIR / name).read_bytes)
+        # The page names each file with its digest (?v=), so a new build is a new URL.
+        headers = {"Cache-Control": "private, max-age=86400"}
+        return Response(body, media_type=STATIC_FILES[name], headers=headers)
+
+    tiles = PIXELS_PATH + "{token}/{level:int}/{column:int}_{row:int}.png"
+    return [
+        Route(STATIC_PATH + "{name}", static, methods=["GET"]),
+        Route(PIXELS_PATH + "{token}", whole, methods=["GET"]),
+        Route(PIXELS_PATH + "{token}/info", info, methods=["GET"]),
+        Route(tiles, tile, methods=["GET"]),
+    ]
 
 
 # -- the page's part ----------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=len(STATIC_FILES))
+def static_url(name: str) -> str:
+    """A viewer file's URL, versioned by its content so a browser never runs a stale copy."""
+    digest = hashlib.sha256((STATIC_DIR / name).read_bytes()).hexdigest()[:12]
+    return f"{STATIC_PATH}{name}?v={digest}"
+
+
 def page(spec: dict[str, Any]) -> str:
-    """The viewer's self-contained HTML (script and style inline) for one image."""
-    script = _SCRIPT.read_text(encoding="utf-8")
+    """The viewer's HTML for one image: the spec inline, the scripts and style from
+    /viewer/static (the page is small; the browser caches the 350 kB of OpenSeadragon)."""
     data = json.dumps(spec).replace("</", "<\\/")
     return _HTML.format(
-        spec=data, script=script, title=html.escape(str(spec.get("title", "Radiograph")))
+        spec=data,
+        title=html.escape(str(spec.get("title", "Radiograph"))),
+        css=static_url("viewer.css"),
+        osd=static_url("openseadragon.min.js"),
+        script=static_url("viewer.js"),
     )
 
 
 _HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-html, body {{margin: 0; padding: 0; font: 13px system-ui, sans-serif; color: #e9ecef;
-  background: #111; overflow: hidden;}}
-#fx {{display: flex; flex-direction: column; height: 100vh;}}
-#stage {{position: relative; flex: 1; min-height: 0; background: #000; touch-action: none;
-  cursor: grab;}}
-#stage canvas {{position: absolute; inset: 0; width: 100%; height: 100%;}}
-#msg {{position: absolute; inset: 0; display: flex; align-items: center; justify-content: center;
-  color: #adb5bd; padding: 1rem; text-align: center;}}
-#info {{position: absolute; left: .4rem; bottom: .3rem; font-variant-numeric: tabular-nums;
-  background: rgba(0,0,0,.55); padding: .1rem .35rem; border-radius: .2rem; pointer-events: none;}}
-.bar {{display: flex; flex-wrap: wrap; gap: .25rem .6rem; align-items: center;
-  padding: .3rem .4rem; background: #1c1f24;}}
-.bar label {{display: inline-flex; gap: .25rem; align-items: center; white-space: nowrap;}}
-.bar input[type=range] {{width: 6.5rem;}}
-.bar button, .bar select {{font: inherit; color: #e9ecef; background: #343a40;
-  border: 1px solid #495057; border-radius: .25rem; padding: .1rem .45rem; cursor: pointer;}}
-.bar output {{min-width: 2.6rem; font-variant-numeric: tabular-nums; display: inline-block;}}
-</style></head><body><div id="fx">
-<div id="stage"><canvas id="view" aria-label="radiograph"></canvas>
+<link rel="stylesheet" href="{css}"></head><body><div id="fx">
+<div id="stage"><div id="view" role="img" aria-label="radiograph"></div>
 <div id="msg">Loading the image…</div><div id="info"></div></div>
 <div class="bar">
  <button id="fit" title="Fit the whole image">Fit</button>
@@ -288,6 +463,7 @@ html, body {{margin: 0; padding: 0; font: 13px system-ui, sans-serif; color: #e9
    aria-label="Fracture box opacity"></label>
 </div></div>
 <script id="spec" type="application/json">{spec}</script>
-<script>{script}</script>
+<script src="{osd}"></script>
+<script src="{script}"></script>
 </body></html>
 """

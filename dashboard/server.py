@@ -8,11 +8,15 @@ import streamlit as st
 from starlette.middleware import Middleware
 
 from config import build_settings
-from dashboard import access, viewer
+from dashboard import access, downloads, viewer
 
 _tokens = access.tokens_for(build_settings())
 app = st.App(
     "app.py",
-    routes=[*access.routes(_tokens), *viewer.routes()],
+    routes=[
+        *access.routes(_tokens),
+        *viewer.routes(),
+        *downloads.routes(downloads.session_factory),
+    ],
     middleware=[Middleware(access.Gate, tokens=_tokens)],
 )

@@ -29,6 +29,8 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from telemetry import metrics
+
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -245,9 +247,11 @@ def routes(
         target = safe_next(form.get("next", ["/"])[0])
         async with attempts:
             if not tokens.password_ok(form.get("password", [""])[0]):
+                metrics.SIGN_INS.labels("refused").inc()
                 log.warning("dashboard sign-in refused: wrong password")
                 await pause(FAILED_DELAY_S)
                 return sign_in_page(target, error="Wrong password.", status_code=401)
+        metrics.SIGN_INS.labels("accepted").inc()
         log.info("dashboard sign-in")
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(

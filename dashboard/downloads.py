@@ -21,6 +21,7 @@ from starlette.routing import Route
 from dashboard import access
 from db import browse
 from db.models import utcnow
+from telemetry import metrics
 
 EXPORT_PATH = "/export/"
 MAX_LINKS = 1024
@@ -109,6 +110,7 @@ def routes(factory: Callable[[], sessionmaker[Session]], links: ExportLinks = LI
             if pending:
                 yield "".join(pending).encode("utf-8")
 
+        metrics.EXPORTS.inc()
         return StreamingResponse(
             iterate_in_threadpool(lines()),
             media_type="text/csv; charset=utf-8",

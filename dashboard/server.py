@@ -9,8 +9,13 @@ from starlette.middleware import Middleware
 
 from config import build_settings
 from dashboard import access, downloads, viewer
+from fracture.console import setup_logging
+from telemetry import metrics
 
-_tokens = access.tokens_for(build_settings())
+_settings = build_settings()
+setup_logging(_settings.log_level, _settings.log_format, "dashboard")
+metrics.serve(_settings, "dashboard")
+_tokens = access.tokens_for(_settings)
 app = st.App(
     "app.py",
     routes=[

@@ -38,6 +38,7 @@ from db.models import (
     utcnow,
 )
 from db.session import make_engine, make_session_factory, transaction
+from telemetry import metrics
 from worker import client
 from worker.app import make_celery
 
@@ -107,20 +108,25 @@ class Stored:
     sent: bool | None  # sent to the broker now; None: nothing needed sending
 
 
+def _refused(reason: str) -> UploadError:
+    metrics.UPLOADS.labels("refused").inc()
+    return UploadError(reason)
+
+
 def store_upload(dashboard: Dashboard, name: str, data: bytes) -> Stored:
     """Keep the bytes under the uploads folder and register them; send new ones to a worker."""
     settings = dashboard.settings
     limit = settings.upload_max_mb * 1024 * 1024
     if len(data) > limit:
-        raise UploadError(
+        raise _refused(
             f"the file is {len(data) / 1048576:.1f} MB; the upload limit is "
             f"{settings.upload_max_mb} MB (FRACTURE_UPLOAD_MAX_MB)"
         )
     if not data:
-        raise UploadError("the file is empty (0 bytes)")
+        raise _refused("the file is empty (0 bytes)")
     extension = sniff_format(data)
     if extension is None:
-        raise UploadError(f"not a {FORMATS} file (judged from its contents)")
+        raise _refused(f"not a {FORMATS} file (judged from its contents)")
     sha256 = hashlib.sha256(data).hexdigest()
     target = _write_once(settings.uploads_dir, f"{sha256}.{extension}", data)
     with transaction(dashboard.factory) as session:
@@ -143,6 +149,7 @@ def store_upload(dashboard: Dashboard, name: str, data: bytes) -> Stored:
             if dashboard.celery is not None
             else False
         )
+    metrics.UPLOADS.labels("stored").inc()
     log.info("upload stored as image %d (new: %s, sent: %s)", image_id, created, sent)
     return Stored(image_id=image_id, sha256=sha256, created=created, status=status, sent=sent)
 

@@ -56,6 +56,13 @@ DUPLICATES = Counter(
     ["source"],
 )
 IMAGES_DONE = Counter("fracture_images_done", "Images scored and their result stored")
+UPLOADS = Counter(
+    "fracture_dashboard_uploads", "Files uploaded in the dashboard", ["outcome"]
+)  # stored, refused
+EXPORTS = Counter("fracture_dashboard_exports", "CSV exports streamed from the dashboard")
+SIGN_INS = Counter(
+    "fracture_dashboard_sign_ins", "Dashboard sign-in attempts", ["outcome"]
+)  # accepted, refused
 IMAGES_FAILED = Counter(
     "fracture_images_failed",
     "Images failed, by reason category (at registration or by a worker)",
@@ -117,7 +124,8 @@ for _final in ("true", "false"):
 
 # `fracture up` serves its own metrics on FRACTURE_METRICS_PORT and gives its children the
 # ports above it, in this order.
-PORT_OFFSETS = {"supervisor": 0, "worker": 1, "watcher": 2, "dicom": 3}
+_serving: set[int] = set()  # ports this process serves already
+PORT_OFFSETS = {"supervisor": 0, "worker": 1, "watcher": 2, "dicom": 3, "dashboard": 4}
 
 _oldest_waiting: list[float | None] = [None]  # POSIX time of the oldest waiting image
 QUEUE_OLDEST_AGE.set_function(
@@ -176,10 +184,10 @@ def child_port(settings: Settings, service: str) -> int | None:
 
 
 def serve(settings: Settings, service: str) -> None:
-    """Serve /metrics on FRACTURE_METRICS_HOST:FRACTURE_METRICS_PORT (nothing when unset);
-    UserError when the port cannot be had, rather than running unwatched."""
+    """Serve /metrics on FRACTURE_METRICS_HOST:FRACTURE_METRICS_PORT (nothing when unset, once
+    per process); UserError when the port cannot be had, rather than running unwatched."""
     port = settings.metrics_port
-    if port is None:
+    if port is None or port in _serving:
         return
     try:
         start_http_server(port, addr=settings.metrics_host)
@@ -188,4 +196,5 @@ def serve(settings: Settings, service: str) -> None:
             f"cannot serve the {service}'s metrics on {settings.metrics_host}:{port} "
             f"(FRACTURE_METRICS_PORT): {exc.strerror or exc}"
         ) from exc
+    _serving.add(port)
     log.info("%s metrics at http://%s:%d/metrics", service, settings.metrics_host, port)

@@ -14,6 +14,7 @@ from dashboard import access, downloads
 from db import browse, queries
 from db.migrate import upgrade
 from db.session import make_engine, make_session_factory, transaction
+from telemetry import metrics
 from tests.helpers import new_prediction
 
 
@@ -81,7 +82,9 @@ def test_a_large_export_streams_in_chunks_to_the_sign_in_it_was_issued_to(
     url = links.issue(wanted, "cookie-a")
     assert links.issue(wanted, "cookie-a") == url  # the same link while it lives
 
+    exports = metrics.EXPORTS._value.get()
     status, headers, chunks = get(app, url, "cookie-a")
+    assert metrics.EXPORTS._value.get() == exports + 1
     assert status == 200
     assert headers["content-type"].startswith("text/csv")
     assert headers["content-disposition"].startswith('attachment; filename="fracture-predictions-')

@@ -332,7 +332,7 @@ def test_compose_prometheus_scrapes_every_service_on_its_metrics_port() -> None:
         if "dns_sd_configs" in job
     }
     scraped = {name: job["port"] for job in jobs.values() for name in job["names"]}
-    for name in ("worker", "worker-cpu", "watcher", "dicom"):
+    for name in ("worker", "worker-cpu", "watcher", "dicom", "dashboard"):
         environment = service_environment(services[name])
         assert scraped[name] == int(environment["FRACTURE_METRICS_PORT"]), name
         assert environment["FRACTURE_METRICS_HOST"] == "0.0.0.0", name
@@ -437,3 +437,23 @@ def test_no_live_worker_alert_fires_two_minutes_after_the_last_heartbeat(tmp_pat
         ],
     }
     run_rule_tests(tmp_path, [gone])
+
+
+def test_the_dashboard_counts_uploads_stored_and_refused(tmp_path: Path) -> None:
+    from config import Settings
+    from dashboard import services
+    from telemetry import metrics
+    from tests.helpers import make_distinct_images
+
+    settings = Settings(data_dir=tmp_path / "data", inbox=tmp_path / "inbox", broker_url=None)
+    dashboard = services.Dashboard.start(settings)
+    stored = metrics.UPLOADS.labels("stored")._value.get()
+    refused = metrics.UPLOADS.labels("refused")._value.get()
+    with pytest.raises(services.UploadError):
+        services.store_upload(dashboard, "empty.jpg", b"")
+    with pytest.raises(services.UploadError):
+        services.store_upload(dashboard, "notes.txt", b"not a radiograph")
+    (image,) = make_distinct_images(tmp_path / "src", 1)
+    services.store_upload(dashboard, image.name, image.read_bytes())
+    assert metrics.UPLOADS.labels("refused")._value.get() == refused + 2
+    assert metrics.UPLOADS.labels("stored")._value.get() == stored + 1

@@ -211,6 +211,7 @@ def test_metrics_port_zero_means_off_and_up_gives_its_children_the_next_ports() 
         "worker": 9465,
         "watcher": 9466,
         "dicom": 9467,
+        "dashboard": 9468,
     }
     assert metrics.child_port(Settings(), "worker") is None
     with pytest.raises(UserError, match="FRACTURE_METRICS_PORT"):

@@ -30,6 +30,11 @@ from db.session import make_engine, make_session_factory
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 MODEL_VERSIONS = ("efficientnet_lite0-aaaaaaaaaaaa", "efficientnet_lite0-bbbbbbbbbbbb")
+FAILURES = (  # stored failure reasons, in the decoders' words
+    "corrupt image data: broken PNG file",
+    "not a recognised image format (expected PNG, JPEG, TIFF, BMP or DICOM)",
+    "empty file (0 bytes)",
+)
 
 
 def say(line: str) -> None:
@@ -38,15 +43,18 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def seed(url: str, rows: int, *, seed_value: int = 7, chunk: int = 20_000) -> None:
-    """`rows` images over 90 days, ~96% with a prediction, ~2% of those reviewed."""
+def seed(
+    url: str, rows: int, *, seed_value: int = 7, chunk: int = 20_000, now: datetime = NOW
+) -> None:
+    """`rows` images over the 90 days before `now`, ~96% with a prediction, ~2% of those
+    reviewed."""
     rng = random.Random(seed_value)
     engine = make_engine(url)
     with engine.begin() as connection:
         for start in range(0, rows, chunk):
             images, predictions, reviews = [], [], []
             for index in range(start + 1, min(rows, start + chunk) + 1):
-                received = NOW - timedelta(seconds=rng.uniform(0, 90 * 86_400))
+                received = now - timedelta(seconds=rng.uniform(0, 90 * 86_400))
                 roll = rng.random()
                 status = "done" if roll < 0.96 else "failed" if roll < 0.98 else "queued"
                 images.append(
@@ -60,7 +68,7 @@ def seed(url: str, rows: int, *, seed_value: int = 7, chunk: int = 20_000) -> No
                         "format": "PNG",
                         "received_at": received,
                         "status": status,
-                        "error": "corrupt image data" if status == "failed" else None,
+                        "error": FAILURES[index % len(FAILURES)] if status == "failed" else None,
                         "attempts": 1,
                         "updated_at": received,
                     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import phone, ui
 
 st.set_page_config(
     page_title="Fracture screening",
@@ -18,6 +18,7 @@ st.set_page_config(
     initial_sidebar_state="auto",
 )
 ui.style()
+phone.close_sidebar_after_navigation()
 dashboard = ui.dashboard()
 ui.notice()
 if ui.gate(dashboard):

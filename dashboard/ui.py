@@ -79,6 +79,7 @@ BROWSE_FILTERS: dict[str, object] = {
     "f-disagree": False,
     "f-study": None,
     "f-export": [],
+    "f-reason": None,
     "f-model": LATEST,
 }
 STUDY_ROWS = 50  # instances of a study listed in the record view

@@ -57,3 +57,67 @@ def cohen_kappa(tp: int, fp: int, fn: int, tn: int) -> float | None:
     if expected >= 1.0:
         return None
     return (observed - expected) / (1 - expected)
+
+
+MIN_CASES = 20  # below this, agreement figures and their intervals say too little to show
+BOOTSTRAP_DRAWS = 4000
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate with its confidence interval (95 % unless stated)."""
+
+    estimate: float
+    low: float
+    high: float
+
+
+def wilson(successes: int, trials: int, level: float = 0.95) -> Interval | None:
+    """A proportion with its Wilson score interval (scipy); None without trials."""
+    from scipy.stats import binomtest
+
+    if trials <= 0:
+        return None
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=level, method="wilson")
+    return Interval(successes / trials, float(ci.low), float(ci.high))
+
+
+def kappa_interval(
+    tp: int, fp: int, fn: int, tn: int, *, level: float = 0.95, seed: int = 0
+) -> Interval | None:
+    """Cohen's kappa with a percentile bootstrap interval: the 2×2 table's cases resampled
+    with replacement BOOTSTRAP_DRAWS times (a fixed seed: the same table, the same interval).
+    None when kappa is undefined."""
+    import numpy as np
+
+    estimate = cohen_kappa(tp, fp, fn, tn)
+    if estimate is None:
+        return None
+    n = tp + fp + fn + tn
+    draws = np.random.default_rng(seed).multinomial(
+        n, np.array([tp, fp, fn, tn], dtype=float) / n, size=BOOTSTRAP_DRAWS
+    )
+    a, b, c, d = (draws[:, i] / n for i in range(4))
+    observed = a + d
+    model_pos, reader_pos = a + b, a + c
+    expected = model_pos * reader_pos + (1 - model_pos) * (1 - reader_pos)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappas = np.where(expected < 1.0, (observed - expected) / (1 - expected), np.nan)
+    tail = (1 - level) / 2 * 100
+    # A resample with one class only (chance agreement total) has no kappa: left out.
+    low, high = np.nanpercentile(kappas, [tail, 100 - tail])
+    return Interval(estimate, float(low), float(high))
+
+
+def usual_range(
+    successes: int, trials: int, recent_trials: int, level: float = 0.99
+) -> tuple[float, float] | None:
+    """The range a rate over `recent_trials` cases falls in `level` of the time when its true
+    rate is the history's (successes / trials): the central binomial interval (scipy), as
+    rates. None without history or recent cases."""
+    from scipy.stats import binom
+
+    if trials <= 0 or recent_trials <= 0:
+        return None
+    low, high = binom.interval(level, recent_trials, successes / trials)
+    return float(low) / recent_trials, float(high) / recent_trials

@@ -7,13 +7,14 @@ PACS. `?image=57` links to a record.
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from dashboard import services, ui
-from db import browse, exports
-from db.models import utcnow
+from db import admin, browse, exports
+from db.models import ImageStatus, Verdict, utcnow
 
 SORTS = {
     browse.SortKey.NEWEST: "Newest first",
@@ -52,10 +53,58 @@ def _step(delta: int, pages: int) -> None:
 def _open_selected() -> None:
     """A row picked in the table becomes the open image. An empty selection changes nothing: the
     table reports one back when a typed image is not on this page (Close record closes)."""
-    selection = st.session_state["table"]["selection"]["rows"]
+    selection = list(st.session_state["table"]["selection"]["rows"])
     keys: list[tuple[int, int | None]] = st.session_state.get("page-keys", [])
+    if selection == st.session_state.get("table-highlight"):
+        # The browser echoing the row the page highlighted, not a click: a number typed in the
+        # same run must not be overridden by the row it replaces.
+        return
     if selection and selection[0] < len(keys):
         st.session_state["open-image"], st.session_state["open-prediction"] = keys[selection[0]]
+
+
+def _step_record(
+    dashboard: services.Dashboard,
+    flt: browse.BrowseFilter,
+    sort: browse.SortKey,
+    page_size: int,
+    *,
+    forward: bool,
+    unreviewed: bool = False,
+) -> None:
+    """Opens the row after (or before) the open record in the list as filtered and sorted,
+    across pages; the table turns to that row's page so that list and record stay together."""
+    image_id = st.session_state.get("open-image")
+    if image_id is None:
+        return
+    keys: list[tuple[int, int | None]] = st.session_state.get("page-keys", [])
+    here = _row_of_open_record(keys)
+    step = here + (1 if forward else -1) if here is not None else -1
+    if not unreviewed and 0 <= step < len(keys):  # the row beside it on this page
+        st.session_state["open-image"], st.session_state["open-prediction"] = keys[step]
+        return
+    key = browse.RowKey(int(image_id), st.session_state.get("open-prediction"))
+    with dashboard.factory() as session:
+        target = browse.neighbour(
+            session=session, key=key, flt=flt, sort=sort, forward=forward, unreviewed=unreviewed
+        )
+        if target is None:
+            st.session_state["step-note"] = (
+                "No unreviewed row after this one in this list."
+                if unreviewed
+                else f"This is the {'last' if forward else 'first'} row of this list."
+            )
+            return
+        if (target.image_id, target.prediction_id) not in keys:
+            if not unreviewed and here is not None:
+                # One step off the edge of the page shown: the next or previous page.
+                page = int(st.session_state.get("page", 1))
+                st.session_state["page"] = max(1, page + (1 if forward else -1))
+            else:  # a jump, or from a record off this page: count the rows before it
+                before = browse.position(session=session, key=target, flt=flt, sort=sort) or 0
+                st.session_state["page"] = before // page_size + 1
+    st.session_state["open-image"] = target.image_id
+    st.session_state["open-prediction"] = target.prediction_id
 
 
 def _close_record() -> None:
@@ -69,6 +118,38 @@ def _follow_link() -> None:
     if "open-image" not in st.session_state and linked.isdigit():
         st.session_state["open-image"] = int(linked)
         st.session_state["open-prediction"] = None
+        st.session_state["turn-to-open"] = True
+
+
+def _typed() -> None:
+    """A typed image number: the table turns to that row's page too."""
+    st.session_state["open-prediction"] = None
+    st.session_state["turn-to-open"] = True
+
+
+def _turn_to_open_record(
+    dashboard: services.Dashboard, flt: browse.BrowseFilter, sort: browse.SortKey, size: int
+) -> None:
+    """Shows the page the open record's row is on, once it was opened by a link or a typed
+    number (a click or a step is on its page already)."""
+    image_id = st.session_state.get("open-image")
+    if not st.session_state.pop("turn-to-open", False) or image_id is None:
+        return
+    key = browse.RowKey(int(image_id), None)
+    with dashboard.factory() as session:
+        before = browse.position(session=session, key=key, flt=flt, sort=sort)
+    if before is not None:
+        st.session_state["page"] = before // size + 1
+
+
+def _row_of_open_record(keys: list[tuple[int, int | None]]) -> int | None:
+    """The open record's row on this page (its index), or None when it is not on it."""
+    image_id = st.session_state.get("open-image")
+    prediction_id = st.session_state.get("open-prediction")
+    for index, key in enumerate(keys):
+        if key == (image_id, prediction_id):
+            return index
+    return next((i for i, (image, _) in enumerate(keys) if image == image_id), None)
 
 
 def _highlight_open_row(keys: list[tuple[int, int | None]]) -> None:
@@ -78,6 +159,7 @@ def _highlight_open_row(keys: list[tuple[int, int | None]]) -> None:
     prediction_id = st.session_state.get("open-prediction")
     rows = [i for i, key in enumerate(keys) if key == (image_id, prediction_id)]
     rows = (rows or [i for i, (image, _) in enumerate(keys) if image == image_id])[:1]
+    st.session_state["table-highlight"] = rows  # what the browser may echo back (_open_selected)
     shown = st.session_state.get("table")
     if rows != (list(shown["selection"]["rows"]) if shown else []):  # set only to change it
         st.session_state["table"] = {"selection": {"rows": rows, "columns": []}}
@@ -95,6 +177,7 @@ FILTER_NAMES = {
     "f-disagree": "DICOM body part",
     "f-study": "study",
     "f-export": "PACS",
+    "f-reason": "failure reason",
     "f-model": "model",
 }
 
@@ -117,9 +200,9 @@ def active_filters() -> list[str]:
 @st.cache_data(ttl=CHOICES_TTL_S, show_spinner=False)
 def choices(
     _dashboard: services.Dashboard, database_url: str
-) -> tuple[list[str], list[str], dict[str, browse.Study], dict[str, int]]:
-    """What the filters offer (model versions, regions, recent studies, PACS states), asked of
-    the database at most every CHOICES_TTL_S seconds, not at every click."""
+) -> tuple[list[str], list[str], dict[str, browse.Study], dict[str, int], dict[str, int]]:
+    """What the filters offer (model versions, regions, recent studies, PACS states, failure
+    reasons), asked of the database at most every CHOICES_TTL_S seconds, not at every click."""
     del database_url  # the cache key
     with _dashboard.factory() as session:
         return (
@@ -127,7 +210,12 @@ def choices(
             browse.predicted_regions(session=session),
             {s.study_uid: s for s in browse.studies(session=session, limit=STUDY_CHOICES)},
             dict(exports.counts(session=session)),
+            {r.reason: r.images for r in admin.failure_reasons(session=session)},
         )
+
+
+def reason_text(reason: str) -> str:
+    return reason or "no error text stored"
 
 
 def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.SortKey]:
@@ -186,7 +274,26 @@ def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.
     name = side.text_input(
         "File name contains", key="f-name", on_change=_first_page, placeholder="e.g. ward3/"
     )
-    versions, regions, listed, sends = choices(dashboard, dashboard.settings.resolved_database_url)
+    versions, regions, listed, sends, reasons = choices(
+        dashboard, dashboard.settings.resolved_database_url
+    )
+    chosen_reason = st.session_state.get("f-reason")
+    reason = None
+    if reasons or chosen_reason is not None:
+        options = list(reasons)
+        if chosen_reason is not None and chosen_reason not in reasons:
+            options.append(chosen_reason)  # set from the Overview, newer than the choices
+        reason = side.selectbox(
+            "Failure reason",
+            options,
+            index=None,
+            format_func=lambda r: f"{reason_text(r)} ({reasons[r]:,})" if r in reasons else r,
+            key="f-reason",
+            on_change=_first_page,
+            placeholder="Any (failed or not)",
+            help="Only failed images that failed for this reason (the stored error without "
+            "its per-file details).",
+        )
     studies = dict(listed)
     chosen_study = st.session_state.get("f-study")
     if chosen_study and chosen_study not in studies:  # an older study, opened from a record
@@ -261,6 +368,7 @@ def filters(dashboard: services.Dashboard) -> tuple[browse.BrowseFilter, browse.
         region_disagrees=bool(disagree),
         study_uid=study or None,
         export_states=tuple(export_states),
+        failure_reason=reason,
     )
     return flt, st.session_state.get("sort", browse.SortKey.NEWEST)
 
@@ -290,26 +398,47 @@ def verdict_cell(row: browse.BrowseRow) -> str:
     return ui.verdict_text(row.verdict)
 
 
+EMPTY = "—"
+# The finding's colour, as on the verdict card: red, amber, blue; grey for a failure.
+FINDING_COLOURS = {
+    ui.verdict_text(Verdict.FRACTURE): "color: #e03131; font-weight: 700",
+    ui.label_text(browse.POSITIVE_LABEL): "color: #e03131; font-weight: 700",
+    ui.verdict_text(Verdict.DOUBT): "color: #e67700; font-weight: 600",
+    ui.verdict_text(Verdict.NO_FRACTURE): "color: #1c7ed6",
+    ui.label_text(browse.NEGATIVE_LABEL): "color: #1c7ed6",
+    ui.STATUS_TEXT[ImageStatus.FAILED]: "color: #868e96; font-weight: 600",
+}
+
+
 def table(page: browse.Page) -> pd.DataFrame:
-    """Only the rows of this page: at most a few hundred, never the whole table."""
+    """Only the rows of this page: at most a few hundred, never the whole table. The finding
+    and any problem come first, so they show without scrolling sideways; "—" marks nothing."""
+
+    def text(value: str | None) -> str:
+        return value or EMPTY
+
     return pd.DataFrame(
         {
             "Image": [r.image_id for r in page.rows],
             "Received": [ui.local_time(r.received_at) for r in page.rows],
             "File": [r.filename for r in page.rows],
-            "Study": [services.short_uid(r.study_uid) for r in page.rows],
             "Status": [ui.STATUS_TEXT.get(r.status, r.status) for r in page.rows],
-            "Verdict": [verdict_cell(r) for r in page.rows],
+            "Verdict": [text(verdict_cell(r)) for r in page.rows],
             "Probability": [r.probability for r in page.rows],
-            "Threshold": [r.threshold for r in page.rows],
-            "Region": [ui.region_cell(r.region, r.region_disagrees) for r in page.rows],
-            "Review": [review_text(r) for r in page.rows],
-            "PACS": [ui.EXPORT_TEXT.get(r.export_state or "", "") for r in page.rows],
+            "Problem": [text(r.error or r.warning) for r in page.rows],
+            "Review": [text(review_text(r)) for r in page.rows],
+            "Region": [text(ui.region_cell(r.region, r.region_disagrees)) for r in page.rows],
+            "Study": [text(services.short_uid(r.study_uid)) for r in page.rows],
+            "PACS": [text(ui.EXPORT_TEXT.get(r.export_state or "")) for r in page.rows],
             "Source": [ui.source_text(r.source) for r in page.rows],
-            "Model": [r.model_version or "" for r in page.rows],
-            "Problem": [r.error or r.warning or "" for r in page.rows],
+            "Model": [text(r.model_version) for r in page.rows],
         }
     )
+
+
+def coloured(frame: pd.DataFrame) -> Any:
+    """The table with each finding (and a failed status) in its colour."""
+    return frame.style.map(lambda cell: FINDING_COLOURS.get(cell, ""), subset=["Verdict", "Status"])
 
 
 def render() -> None:
@@ -329,6 +458,7 @@ def render() -> None:
     )
     top[3].button("Refresh", icon=":material/refresh:", width="stretch")
     flt, _ = filters(dashboard)
+    _turn_to_open_record(dashboard, flt, browse.SortKey(sort), int(page_size))
 
     try:
         with dashboard.factory() as session:
@@ -391,7 +521,7 @@ def render() -> None:
         _highlight_open_row(keys)
         rows = min(len(page.rows), TABLE_ROWS_WITH_RECORD) if record_open else len(page.rows)
         st.dataframe(
-            table(page),
+            coloured(table(page)),
             hide_index=True,
             width="stretch",
             height=min(HEADER_PX + ROW_PX * rows, TABLE_PX),
@@ -403,8 +533,10 @@ def render() -> None:
                 "Probability": st.column_config.ProgressColumn(
                     min_value=0.0, max_value=1.0, format="%.3f", width="small"
                 ),
-                "Threshold": st.column_config.NumberColumn(format="%.3f", width="small"),
+                "Received": st.column_config.TextColumn(width=135),
                 "File": st.column_config.TextColumn(width="medium"),
+                "Status": st.column_config.TextColumn(width="small"),
+                "Verdict": st.column_config.TextColumn(width="medium"),
                 "Study": st.column_config.TextColumn(
                     width="small",
                     help="DICOM Study Instance UID, its last 12 characters (— : not received "
@@ -413,22 +545,62 @@ def render() -> None:
                 "PACS": st.column_config.TextColumn(
                     width="small", help="The result's trip back to PACS: sent, pending, failed."
                 ),
-                "Problem": st.column_config.TextColumn(width="medium"),
+                "Problem": st.column_config.TextColumn(
+                    width="medium", help="Why the image failed, or a warning stored with it."
+                ),
+                "Review": st.column_config.TextColumn(width="small"),
             },
         )
     else:
         st.info("No stored prediction matches these filters.", icon=":material/search_off:")
 
-    chosen = st.columns([1, 1, 4], vertical_alignment="bottom")
+    chosen = st.columns([1.1, 1, 1, 1.2, 1, 2], vertical_alignment="bottom")
     image_id = chosen[0].number_input(
-        "Open image #", min_value=1, step=1, key="open-image", placeholder="id"
+        "Open image #", min_value=1, step=1, key="open-image", placeholder="id", on_change=_typed
     )
     if image_id is None:
-        chosen[2].caption("Select a row in the table (or type an image number) to open it here.")
+        chosen[1].caption("Select a row in the table (or type an image number) to open it here.")
         if "image" in st.query_params:
             del st.query_params["image"]
         return
-    chosen[1].button("Close record", on_click=_close_record, icon=":material/close:")
+    here = _row_of_open_record(keys)
+    step = (dashboard, flt, browse.SortKey(sort), int(page_size))
+    chosen[1].button(
+        "Previous record",
+        on_click=_step_record,
+        args=step,
+        kwargs={"forward": False},
+        icon=":material/arrow_upward:",
+        disabled=page.page == 1 and here == 0,
+        width="stretch",
+    )
+    chosen[2].button(
+        "Next record",
+        on_click=_step_record,
+        args=step,
+        kwargs={"forward": True},
+        icon=":material/arrow_downward:",
+        disabled=page.page == page.pages and here == len(keys) - 1,
+        width="stretch",
+    )
+    chosen[3].button(
+        "Next unreviewed",
+        on_click=_step_record,
+        args=step,
+        kwargs={"forward": True, "unreviewed": True},
+        icon=":material/rate_review:",
+        help="The next row of this list (filtered and sorted as shown) that no reader has "
+        "reviewed yet.",
+        width="stretch",
+    )
+    chosen[4].button("Close record", on_click=_close_record, icon=":material/close:")
+    if here is not None:
+        chosen[5].caption(
+            f"Row {(page.page - 1) * page.page_size + here + 1:,} of {page.total:,} in this list"
+        )
+    note = st.session_state.pop("step-note", None)
+    if note:
+        st.info(note, icon=":material/info:")
     if st.query_params.get("image") != str(image_id):
         st.query_params["image"] = str(image_id)  # the address bar links to this record
     ui.detail(

@@ -381,7 +381,7 @@ def test_region_on_the_card_in_the_filters_and_on_the_overview(env: dict[str, st
     at = app().run()
     at.switch_page("views/browse.py").run()
     assert_clean(at)
-    assert sorted(at.dataframe[0].value["Region"]) == ["", "hand", "hand ⚠ DICOM differs", "leg"]
+    assert sorted(at.dataframe[0].value["Region"]) == ["hand", "hand ⚠ DICOM differs", "leg", "—"]
     at.multiselect(key="f-regions").select("hand").run()
     assert sorted(table_files(at)) == ["ward1/a.jpg", "ward2/c.jpg"]
     at.multiselect(key="f-regions").select(browse.NO_REGION).run()
@@ -448,7 +448,7 @@ def test_review_is_saved_beside_the_prediction_and_counted(env: dict[str, str]) 
     assert_clean(at)
     agreement = at.dataframe[-1].value
     assert list(agreement["Reviewed cases"]) == [1]
-    assert list(agreement["FP"]) == [1] and list(agreement["Specificity"]) == ["0.0%"]
+    assert list(agreement["FP"]) == [1] and list(agreement["Specificity"]) == ["too few reviews"]
 
 
 # -- model v2: three verdicts, boxes, history ----------------------------------------------------
@@ -735,7 +735,7 @@ def test_browse_groups_dicom_instances_by_study_and_filters_by_send_state(
         "ward1/hand.jpg": "—",
     }
     sent = dict(zip(table["File"], table["PACS"], strict=True))
-    assert sent == {A1: "sent", A2: "pending", B1: "failed", B2: "", "ward1/hand.jpg": ""}
+    assert sent == {A1: "sent", A2: "pending", B1: "failed", B2: "—", "ward1/hand.jpg": "—"}
 
     at.multiselect(key="f-sources").select("dicom").run()
     assert sorted(table_files(at)) == sorted([A1, A2, B1, B2])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import phone, ui
+from dashboard import phone, signin, ui
 
 st.set_page_config(
     page_title="Fracture screening",
@@ -21,8 +21,8 @@ ui.style()
 phone.close_sidebar_after_navigation()
 dashboard = ui.dashboard()
 ui.notice()
-if ui.gate(dashboard):
-    ui.sign_out_button(dashboard)
+if signin.gate(dashboard):
+    signin.sign_out_button(dashboard)
     page = st.navigation(
         [
             st.Page("views/upload.py", title="Upload", icon=":material/upload_file:", default=True),

@@ -6,15 +6,16 @@ PACS. `?image=57` links to a record.
 
 from __future__ import annotations
 
+import html
 from datetime import date
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from dashboard import services, ui
+from dashboard import downloads, record, services, signin, ui
 from db import admin, browse, exports
-from db.models import ImageStatus, Verdict, utcnow
+from db.models import ImageStatus, Verdict
 
 SORTS = {
     browse.SortKey.NEWEST: "Newest first",
@@ -501,18 +502,16 @@ def render() -> None:
     nav[3].number_input(
         "Page", min_value=1, max_value=page.pages, key="page", label_visibility="collapsed"
     )
-    nav[4].download_button(
-        "Export CSV",
-        # Built at the click, from the filters and order the table shows.
-        data=ui.while_signed_in(
-            dashboard, lambda: services.export_csv(dashboard.factory, flt, browse.SortKey(sort))
-        ),
-        file_name=f"fracture-predictions-{utcnow():%Y%m%d-%H%M}.csv",
-        mime="text/csv",
-        on_click="ignore",
-        icon=":material/download:",
-        help=f"All {page.total:,} matching rows (not just this page), as CSV.",
-        width="stretch",
+    # Streamed by the server (dashboard/downloads.py) from the filters and order the table
+    # shows, over a link issued to this sign-in: any size, one chunk of rows in memory.
+    link = downloads.LINKS.issue(
+        downloads.Export(flt, browse.SortKey(sort)), signin.sign_in_token()
+    )
+    nav[4].markdown(
+        f'<a class="fx-export" href="{html.escape(link)}" download '
+        f'title="All {page.total:,} matching rows (not just this page), as CSV.">'
+        "Export CSV</a>",
+        unsafe_allow_html=True,
     )
 
     st.session_state.setdefault("open-image", None)  # set by a table click, a link, or typed
@@ -603,7 +602,7 @@ def render() -> None:
         st.info(note, icon=":material/info:")
     if st.query_params.get("image") != str(image_id):
         st.query_params["image"] = str(image_id)  # the address bar links to this record
-    ui.detail(
+    record.detail(
         dashboard,
         int(image_id),
         prediction_id=st.session_state.get("open-prediction"),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from dashboard import services, ui
+from dashboard import record, services, ui
 from db import queries
 from db.models import ImageStatus
 
@@ -104,7 +104,7 @@ def render() -> None:
         if st.button("Check again", icon=":material/refresh:"):
             st.session_state["upload-check-again"] = True
             st.rerun()
-    ui.detail(
+    record.detail(
         dashboard,
         ticket.image_id,
         waited_s=ticket.waited_s if ticket.created else None,

@@ -62,7 +62,7 @@ def test_clear_filters_then_a_sort_keeps_all_rows_and_the_export_matches(tmp_pat
 
             page.mouse.move(0, 0)  # off the table, whose hover toolbar covers the button
             with page.expect_download() as download:
-                page.get_by_role("button", name="Export CSV").click()
+                page.get_by_role("link", name="Export CSV").click()
             exported = fetch(download.value.url).text
             filenames = [row["filename"] for row in csv.DictReader(io.StringIO(exported))]
             assert filenames == sorted(NAMES)

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from config import Settings
-from dashboard import access, ui
+from dashboard import access, signin
 from db import browse, queries
 from db.models import DicomExport, ExportState, Image, Prediction, Review
 from db.session import make_engine, make_session_factory, transaction
@@ -604,7 +604,7 @@ def test_a_page_run_needs_a_valid_sign_in(
     monkeypatch.setenv("FRACTURE_DASHBOARD_PASSWORD", secret)
     caplog.set_level(logging.DEBUG)
     presented: list[str | None] = [None]
-    monkeypatch.setattr(ui, "sign_in_token", lambda: presented[0])
+    monkeypatch.setattr(signin, "sign_in_token", lambda: presented[0])
     at = app().run()
     assert_clean(at)
     assert not at.file_uploader and "Signed out" in texts(at)

@@ -44,7 +44,8 @@ build_watcher(Settings(), "redis://127.0.0.1:9/0")
 # maps; it never loads a model.
 DASHBOARD = """
 import fracture.cli
-import dashboard.services, dashboard.ui, dashboard.viewer
+import dashboard.admin, dashboard.downloads, dashboard.record, dashboard.services
+import dashboard.signin, dashboard.ui, dashboard.verdict, dashboard.viewer
 import dashboard.views.browse, dashboard.views.overview, dashboard.views.upload
 """
 DICOM_LISTENER = """

@@ -235,4 +235,4 @@ def test_arrival_to_stored_counts_zone_less_sqlite_times_as_utc() -> None:
     before = metrics.ARRIVAL_TO_STORED._sum.get()  # type: ignore[attr-defined]
     now = datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC)
     metrics.observe_stored([datetime(2026, 1, 1, 12, 0, 0), None], now=now)
-    assert metrics.ARRIVAL_TO_STORED._sum.get() - before == 30  # type: ignore[attr-defined]
+    assert metrics.ARRIVAL_TO_STORED._sum.get() - before == pytest.approx(30)  # type: ignore[attr-defined]

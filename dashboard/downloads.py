@@ -4,12 +4,9 @@ them, so an export of any size holds only one chunk of rows in memory at a time.
 
 from __future__ import annotations
 
-import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +16,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from dashboard import access
+from dashboard.links import SessionLinks
 from db import browse
 from db.models import utcnow
 from telemetry import metrics
@@ -36,47 +34,11 @@ class Export:
     sort: browse.SortKey
 
 
-@dataclass
-class _Link:
-    export: Export
-    cookie: str | None  # the sign-in cookie it was issued to; None with no password
-    expires: float
-
-
-@dataclass
-class ExportLinks:
+class ExportLinks(SessionLinks[Export]):
     """Per-session export links, shared by the page runs and the handler."""
 
-    clock: Callable[[], float] = time.time
-    _links: OrderedDict[str, _Link] = field(default_factory=OrderedDict)
-    _by_key: dict[tuple[Export, str | None], str] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def issue(self, export: Export, cookie: str | None) -> str:
-        """The link for these rows and this sign-in (the same one while it lives)."""
-        now = self.clock()
-        with self._lock:
-            token = self._by_key.get((export, cookie))
-            link = self._links.get(token) if token else None
-            if token is None or link is None or link.expires <= now:
-                token = secrets.token_urlsafe(24)
-                self._by_key[(export, cookie)] = token
-            self._links[token] = _Link(export, cookie, now + access.LIFETIME_S)
-            self._links.move_to_end(token)
-            while len(self._links) > MAX_LINKS:
-                _, old = self._links.popitem(last=False)
-                self._by_key.pop((old.export, old.cookie), None)
-        return f"{EXPORT_PATH}{token}.csv"
-
-    def resolve(self, token: str, cookie: str | None) -> Export | None:
-        """The export behind a live link presented with the cookie it was issued to."""
-        with self._lock:
-            link = self._links.get(token)
-        if link is None or link.expires <= self.clock():
-            return None
-        if link.cookie is not None and not secrets.compare_digest(link.cookie, cookie or ""):
-            return None
-        return link.export
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(EXPORT_PATH, suffix=".csv", max_links=MAX_LINKS, clock=clock)
 
 
 LINKS = ExportLinks()

@@ -20,7 +20,6 @@ import hashlib
 import html
 import json
 import math
-import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -37,6 +36,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dashboard import access
+from dashboard.links import SessionLinks
 
 PIXELS_PATH = "/viewer/pixels/"
 STATIC_PATH = "/viewer/static/"
@@ -66,48 +66,11 @@ class Source:
     grid: tuple[tuple[float, ...], ...] | None = None  # a computed map, rows of [0, 1]
 
 
-@dataclass
-class _Link:
-    source: Source
-    cookie: str | None  # the sign-in cookie it was issued to; None with no password
-    expires: float
-
-
-@dataclass
-class Links:
+class Links(SessionLinks[Source]):
     """Per-session links to viewer pixels, shared by the page runs and the handler."""
 
-    clock: Callable[[], float] = time.time
-    _links: OrderedDict[str, _Link] = field(default_factory=OrderedDict)
-    _by_key: dict[tuple[Source, str | None], str] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def issue(self, source: Source, cookie: str | None) -> str:
-        """The link for this source and this sign-in (the same one while it lives, so a page
-        run redraws nothing the browser already has)."""
-        now = self.clock()
-        with self._lock:
-            token = self._by_key.get((source, cookie))
-            link = self._links.get(token) if token else None
-            if token is None or link is None or link.expires <= now:
-                token = secrets.token_urlsafe(24)
-                self._by_key[(source, cookie)] = token
-            self._links[token] = _Link(source, cookie, now + access.LIFETIME_S)
-            self._links.move_to_end(token)
-            while len(self._links) > MAX_LINKS:
-                _, link = self._links.popitem(last=False)
-                self._by_key.pop((link.source, link.cookie), None)
-        return PIXELS_PATH + token
-
-    def resolve(self, token: str, cookie: str | None) -> Source | None:
-        """The source behind a live link presented with the cookie it was issued to."""
-        with self._lock:
-            link = self._links.get(token)
-        if link is None or link.expires <= self.clock():
-            return None
-        if link.cookie is not None and not secrets.compare_digest(link.cookie, cookie or ""):
-            return None
-        return link.source
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(PIXELS_PATH, max_links=MAX_LINKS, clock=clock)
 
 
 LINKS = Links()

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from tests.helpers import IN_CI, PostgresServer, make_tiny_checkpoint
 from worker.broker import PrivateBroker, free_port
@@ -66,6 +67,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'fracture.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a migrated database of each kind (see database_url)."""
+    from db.migrate import upgrade
+    from db.session import make_engine, make_session_factory
+
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -13,17 +13,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import admin, browse, queries, reviews
-from db.migrate import upgrade
 from db.models import Image, Prediction
-from db.session import make_engine, make_session_factory, transaction
+from db.session import transaction
 from model.agreement import cohen_kappa, kappa_interval, usual_range, wilson
 from tests.integration.test_browse_queries import ALL, NOW, seed
-
-
-@pytest.fixture
-def factory(database_url: str) -> sessionmaker[Session]:
-    upgrade(database_url)
-    return make_session_factory(make_engine(database_url))
 
 
 @pytest.fixture

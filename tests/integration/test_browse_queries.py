@@ -12,9 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import browse, exports, queries, reviews
-from db.migrate import upgrade
 from db.models import DicomExport, ExportState, Image, ImageSource, Prediction, Review
-from db.session import make_engine, make_session_factory, transaction
+from db.session import transaction
 from tests.helpers import new_prediction
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -83,12 +82,6 @@ def seed(factory: sessionmaker[Session]) -> dict[str, int]:
         for image in session.scalars(select(Image).where(Image.status == "failed")):
             image.updated_at = image.received_at + timedelta(seconds=60)
     return ids
-
-
-@pytest.fixture
-def factory(database_url: str) -> sessionmaker[Session]:
-    upgrade(database_url)
-    return make_session_factory(make_engine(database_url))
 
 
 @pytest.fixture

@@ -14,14 +14,6 @@ from db.session import make_engine, make_session_factory, transaction
 from tests.helpers import new_prediction
 
 
-@pytest.fixture
-def factory(database_url: str):
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
 def _register(factory, sha: str, name: str = "a.jpg") -> tuple[int, bool]:
     with transaction(factory) as session:
         image, created = queries.register_image(

@@ -5,25 +5,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import select
 
 from db import exports, queries
-from db.migrate import upgrade
 from db.models import DicomExport, ExportState, ImageSource
-from db.session import make_engine, make_session_factory, transaction
+from db.session import transaction
 from tests.helpers import new_prediction
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 BACKOFF = timedelta(seconds=5)
-
-
-@pytest.fixture
-def factory(database_url: str):
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _scored(factory, name: str, *, source: str, fmt: str = "DICOM") -> int:

@@ -8,17 +8,10 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries, versions
-from db.migrate import upgrade
 from db.models import Prediction
-from db.session import make_engine, make_session_factory, transaction
+from db.session import transaction
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def factory(database_url: str) -> sessionmaker[Session]:
-    upgrade(database_url)
-    return make_session_factory(make_engine(database_url))
 
 
 def scored(

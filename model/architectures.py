@@ -307,11 +307,13 @@ def build(
     """A fresh network by name; `pretrained` only where weights are available offline;
     `regions` > 0 adds a body-region head of that many classes; `heat` a fracture heat map."""
     members = int(kwargs.pop("members", 1))  # type: ignore[call-overload]
+    # Members may have different backbones (same heads): one architecture name per member.
+    member_archs = list(kwargs.pop("member_archs", None) or [arch] * members)  # type: ignore[call-overload]
     if members > 1:
         return Ensemble(
             [
-                build(arch, pretrained=pretrained, regions=regions, heat=heat, **kwargs)
-                for _ in range(members)
+                build(name, pretrained=pretrained, regions=regions, heat=heat, **kwargs)
+                for name in member_archs
             ]
         )
     score_heat_weight = float(kwargs.pop("score_heat_weight", 0.0))  # type: ignore[arg-type]

@@ -206,17 +206,18 @@ def load(path: Path) -> Checkpoint:
 
 
 def combine(members: list[Checkpoint]) -> Checkpoint:
-    """One ensemble checkpoint from trained members of one layout (same architecture,
-    preprocessing, regions and heads); its calibration is to be refitted (`recalibrate`)."""
+    """One ensemble checkpoint from trained members of one layout (same preprocessing, regions
+    and heads; backbones may differ, e.g. EfficientNet-Lite0 and Lite1, whose maps have the same
+    cells); its calibration is to be refitted (`recalibrate`)."""
     if len(members) < 2:
         raise CheckpointError("an ensemble needs at least two checkpoints")
     first = members[0]
     for other in members[1:]:
-        same = (other.arch, other.preset, other.regions, other.heat, other.arch_kwargs)
-        if same != (first.arch, first.preset, first.regions, first.heat, first.arch_kwargs):
-            raise CheckpointError(
-                "ensemble members must share architecture, preprocessing, regions and heads"
-            )
+        same = (other.preset, other.regions, other.heat, other.arch_kwargs)
+        if same != (first.preset, first.regions, first.heat, first.arch_kwargs):
+            raise CheckpointError("ensemble members must share preprocessing, regions and heads")
+    archs = [member.arch for member in members]
+    mixed = {"member_archs": archs} if len(set(archs)) > 1 else {}
     state = {
         f"members.{index}.{name}": value
         for index, member in enumerate(members)
@@ -229,7 +230,7 @@ def combine(members: list[Checkpoint]) -> Checkpoint:
         class_names=first.class_names,
         threshold=first.threshold,
         temperature=first.temperature,
-        arch_kwargs={**first.arch_kwargs, "members": len(members)},
+        arch_kwargs={**first.arch_kwargs, "members": len(members), **mixed},
         extra={
             "members": [m.version for m in members],
             "member_recipes": [m.extra.get("recipe") for m in members],

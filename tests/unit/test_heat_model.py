@@ -326,3 +326,29 @@ def test_the_larger_lite1_backbone_starts_from_its_shipped_imagenet_weights(tmp_
     image = torch.rand(1, 3, SIZE, SIZE)
     with torch.no_grad():
         assert torch.allclose(loaded.build_network().eval()(image), net(image), atol=1e-5)
+
+
+def test_an_ensemble_may_mix_lite0_and_lite1_members_of_one_layout(tmp_path: Path) -> None:
+    members = []
+    for arch in ("efficientnet_lite0", "efficientnet_lite1"):
+        torch.manual_seed(2)
+        net = architectures.build(arch, regions=2, heat=True, heat_stride=8).eval()
+        members.append(
+            ckpt.Checkpoint.from_network(
+                arch,
+                net,
+                preset=Preset(size=SIZE, letterbox=True),
+                regions=("hand", "leg"),
+                arch_kwargs={"heat_stride": 8},
+                heat=True,
+                threshold=0.0,
+            )
+        )
+    combined = ckpt.load(ckpt.save(ckpt.combine(members), tmp_path / "mixed.pt"))
+    assert combined.arch_kwargs["member_archs"] == ["efficientnet_lite0", "efficientnet_lite1"]
+    batch = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    each = [Classifier(c, device="cpu", runtime="torch").all_logits(batch) for c in members]
+    both = Classifier(combined, device="cpu", runtime="onnx")
+    assert torch.allclose(both.all_logits(batch), (each[0] + each[1]) / 2, atol=1e-4)
+    with pytest.raises(ckpt.CheckpointError, match="share"):  # a 16 px map cannot join
+        ckpt.combine([members[0], dataclasses.replace(members[1], arch_kwargs={})])

@@ -143,6 +143,37 @@ class Driver:
         page.close()
         return notice, metrics, whole
 
+    def switch_pages(self) -> tuple[float, float]:
+        """In one session, as a reader moves around: (Browse → Overview, every section drawn;
+        Overview → Browse, row count and table drawn). No script bundle to load, no new
+        session: what a page costs inside the app."""
+        from playwright.sync_api import expect
+
+        page, _, _ = self._browse()
+        started = time.perf_counter()
+        page.get_by_role("link", name="Overview").click()
+        expect(page.get_by_text("Model versions against each other")).to_be_visible()
+        expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible()
+        overview = _ms(started)
+        started = time.perf_counter()
+        page.get_by_role("link", name="Browse").click()
+        expect(page.get_by_text(rows_text(self.total))).to_be_visible()
+        expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible()
+        browse = _ms(started)
+        page.close()
+        return overview, browse
+
+    def bundle_loaded(self) -> float:
+        """A new tab: until the browser has loaded and run Streamlit's own script bundle
+        (DOMContentLoaded), before any session exists; the floor under a first render."""
+        page = self._page()
+        page.goto(f"{self.url}/browse", wait_until="domcontentloaded")
+        elapsed = float(
+            page.evaluate("performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd")
+        )
+        page.close()
+        return elapsed
+
     def filter_change(self) -> float:
         from playwright.sync_api import expect
 
@@ -246,6 +277,12 @@ def run(rows: int, data_dir: Path, repeats: int) -> None:
             measure(
                 "Overview: first render [1 notice, 2 metrics, 3 every section]",
                 driver.overview_first_render,
+                repeats,
+            )
+            measure("New tab: Streamlit's script bundle loaded", driver.bundle_loaded, repeats)
+            measure(
+                "In the app: page switch [1 to Overview, 2 back to Browse]",
+                driver.switch_pages,
                 repeats,
             )
             measure(

@@ -13,7 +13,7 @@ from dashboard import phone, signin, ui
 
 st.set_page_config(
     page_title="Fracture screening",
-    page_icon=":material/radiology:",
+    page_icon="🦴",  # drawn in the browser; a :material/…: icon is fetched from a font host
     layout="wide",
     initial_sidebar_state="auto",
 )

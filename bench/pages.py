@@ -96,6 +96,22 @@ def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+def _browse_drawn(page: Page, total: int) -> None:
+    """Wait until Browse shows its row count and table."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text(rows_text(total))).to_be_visible()
+    expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible()
+
+
+def _overview_drawn(page: Page) -> None:
+    """Wait until Overview has drawn every section (its last heading and a chart)."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text("Model versions against each other")).to_be_visible()
+    expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible()
+
+
 class Driver:
     """One browser; each measurement in a fresh tab (a new Streamlit session)."""
 
@@ -116,8 +132,7 @@ class Driver:
         page.goto(f"{self.url}/browse")
         expect(page.get_by_text(NOTICE)).to_be_visible()  # the app's first element
         notice = _ms(started)
-        expect(page.get_by_text(rows_text(self.total))).to_be_visible()
-        expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible()
+        _browse_drawn(page, self.total)
         return page, notice, _ms(started)
 
     def browse_first_render(self) -> tuple[float, float]:
@@ -137,8 +152,7 @@ class Driver:
         notice = _ms(started)
         expect(page.locator('[data-testid="stMetric"]').first).to_be_visible()
         metrics = _ms(started)
-        expect(page.get_by_text("Model versions against each other")).to_be_visible()
-        expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible()
+        _overview_drawn(page)
         whole = _ms(started)
         page.close()
         return notice, metrics, whole
@@ -147,18 +161,14 @@ class Driver:
         """In one session, as a reader moves around: (Browse → Overview, every section drawn;
         Overview → Browse, row count and table drawn). No script bundle to load, no new
         session: what a page costs inside the app."""
-        from playwright.sync_api import expect
-
         page, _, _ = self._browse()
         started = time.perf_counter()
         page.get_by_role("link", name="Overview").click()
-        expect(page.get_by_text("Model versions against each other")).to_be_visible()
-        expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible()
+        _overview_drawn(page)
         overview = _ms(started)
         started = time.perf_counter()
         page.get_by_role("link", name="Browse").click()
-        expect(page.get_by_text(rows_text(self.total))).to_be_visible()
-        expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible()
+        _browse_drawn(page, self.total)
         browse = _ms(started)
         page.close()
         return overview, browse

@@ -301,6 +301,14 @@ def available() -> list[str]:
     return ["seed_cnn", *LITE_WEIGHTS, *torchvision.models.list_models(torchvision.models)]
 
 
+def unknown(arch: str) -> str:
+    """Why `arch` cannot be built, naming the choices."""
+    return (
+        f"unknown architecture {arch!r}; choose {', '.join(['seed_cnn', *LITE_WEIGHTS])} or a "
+        "torchvision classification model such as resnet18, densenet121, mobilenet_v3_large"
+    )
+
+
 def build(
     arch: str, *, pretrained: bool = False, regions: int = 0, heat: bool = False, **kwargs: object
 ) -> nn.Module:
@@ -332,7 +340,4 @@ def _build_single(arch: str, *, pretrained: bool, **kwargs: object) -> nn.Module
         return _efficientnet_lite(arch, pretrained=pretrained)
     if arch in torchvision.models.list_models(torchvision.models):
         return _torchvision(arch)(pretrained=pretrained, **kwargs)
-    raise ValueError(
-        f"unknown architecture {arch!r}; choose seed_cnn, efficientnet_lite0, efficientnet_lite1 "
-        "or a torchvision classification model such as resnet18, densenet121, mobilenet_v3_large"
-    )
+    raise ValueError(unknown(arch))

@@ -126,10 +126,7 @@ class TrainConfig:
             if not ok:
                 raise ValueError(rule)
         if self.arch not in architectures.available():
-            raise ValueError(
-                f"unknown architecture {self.arch!r}; choose seed_cnn, efficientnet_lite0, "
-                "efficientnet_lite1 or a torchvision classification model such as resnet18"
-            )
+            raise ValueError(architectures.unknown(self.arch))
 
     @property
     def starts_pretrained(self) -> bool:

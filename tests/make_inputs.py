@@ -340,7 +340,7 @@ def hostile_set(directory: Path) -> dict[str, Expected]:
     """Write one of each good and bad file under `directory`; name (relative) → expectation."""
     # A real copy cut off in transfer where ../shared is present; else one made the same way.
     real_cuts = sorted((BAD_INPUTS / "truncated_jpeg").glob("*.jpg"))
-    truncated = (
+    cut_name, cut_bytes = (
         (real_cuts[0].name, real_cuts[0].read_bytes())
         if real_cuts
         else ("cut off in transfer.jpg", _jpeg(_variant(15))[:6_000])
@@ -385,7 +385,7 @@ def hostile_set(directory: Path) -> dict[str, Expected]:
         ),
         # bad: each failed with a readable reason
         "empty.jpg": (b"", Expected("failed", "empty file (0 bytes)")),
-        truncated[0]: (truncated[1], Expected("failed", "truncated")),
+        cut_name: (cut_bytes, Expected("failed", "truncated")),
         "cut short then closed.jpg": (
             truncated_with_end_marker(_jpeg(_variant(12))),
             Expected("failed", "truncated JPEG: the end of the image is missing"),

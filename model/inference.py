@@ -24,6 +24,11 @@ from model.onnx_engine import OnnxNetwork
 log = logging.getLogger(__name__)
 
 DEFAULT_CPU_MICRO_BATCH = 4
+# ONNX Runtime runs a batch's micro-batches this many at a time, each on its share of the
+# threads: on 2 cores two single-threaded runs side by side beat one run on two threads, as
+# the threads no longer wait for each other after every small operation: forward only 47 img/s
+# against 41, end to end 8-10 % more (docs/PERFORMANCE.md).
+DEFAULT_ONNX_LANES = 2
 RUNTIMES = ("auto", "torch", "onnx")
 # Where stored files are decoded: in child processes (a decoder crash costs one file) or in
 # threads of this process.
@@ -90,6 +95,7 @@ class Classifier:
         runtime: str = "auto",
         isolation: str = "thread",
         max_file_bytes: int | None = None,
+        lanes: int = DEFAULT_ONNX_LANES,
     ) -> None:
         if isolation not in ISOLATION:
             raise ClassifierError(f"isolation must be one of {', '.join(ISOLATION)}")
@@ -106,12 +112,18 @@ class Classifier:
         # CPU); channels-last roughly doubles CPU throughput of depthwise-conv networks.
         self.net = optimise.for_inference(checkpoint.build_network()).to(self.device)
         self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.onnx = self._onnx_network(runtime)
+        self.lanes = 1
+        self._lane_pool: ThreadPoolExecutor | None = None
+        self.onnx = self._onnx_network(runtime, lanes)
         # On CPU, forward passes of more than a few images overflow the caches: EfficientNet-
         # Lite0 at 256 px ran 46 img/s in chunks of 4 but 26 img/s in one batch of 16 on a
         # 2-core machine. A queue batch is therefore run in micro-batches; GPUs take it whole.
+        # Lanes share the images in flight: each run gets its part, so running side by side
+        # keeps the activation memory of one run of 4 (a peak 150 MB higher with 4 per lane).
         if micro_batch is None:
-            micro_batch = DEFAULT_CPU_MICRO_BATCH if self.device.type == "cpu" else 0
+            micro_batch = (
+                max(1, DEFAULT_CPU_MICRO_BATCH // self.lanes) if self.device.type == "cpu" else 0
+            )
         if micro_batch < 0:
             raise ValueError("micro_batch must be 0 (whole batch) or a positive number")
         self.micro_batch = micro_batch
@@ -121,9 +133,9 @@ class Classifier:
         if isolation == "process":
             self.isolated = IsolatedDecoder(self.decode_threads, decode_fn=ready_job)
 
-    def _onnx_network(self, runtime: str) -> OnnxNetwork | None:
+    def _onnx_network(self, runtime: str, lanes: int) -> OnnxNetwork | None:
         """ONNX Runtime on the CPU where it can run this network (`auto`), always (`onnx`,
-        an error if it cannot) or never (`torch`)."""
+        an error if it cannot) or never (`torch`); `lanes` micro-batches run at a time."""
         if runtime not in RUNTIMES:
             raise ClassifierError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         if runtime == "torch" or (runtime == "auto" and self.device.type != "cpu"):
@@ -135,7 +147,13 @@ class Classifier:
                 raise ClassifierError("runtime onnx needs the onnx and onnxruntime packages")
             return None
         try:
-            network = OnnxNetwork(self.net, self.preset.size, threads=torch.get_num_threads())
+            threads = torch.get_num_threads()
+            # Grad-CAM networks (no heat head) run their PyTorch tail after each micro-batch:
+            # they keep one run at a time on every thread.
+            lanes = max(1, min(lanes, threads)) if self.checkpoint.heat else 1
+            network = OnnxNetwork(self.net, self.preset.size, threads=max(1, threads // lanes))
+            self.lanes = lanes
+            self._lane_pool = ThreadPoolExecutor(max_workers=lanes) if lanes > 1 else None
         except onnx_engine.UnsupportedNetwork as exc:
             if runtime == "onnx":
                 message = f"FRACTURE_RUNTIME=onnx cannot run this model: {exc}"
@@ -297,23 +315,51 @@ class Classifier:
         """ONNX Runtime outputs (averaged with the mirror image's under flip TTA, both in one
         call) and the last convolution's activations for the images themselves."""
         assert self.onnx is not None
-        n = batch.shape[0]
+        return self._onnx_mean(batch.shape[0], self.onnx.run(self._onnx_input(batch)))
+
+    def _onnx_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """The images and, under TTA, their views after them: one ONNX Runtime call."""
+        views = self._views()
+        return batch if len(views) == 1 else torch.cat([_view(batch, *v) for v in views])
+
+    def _onnx_mean(
+        self, n: int, ran: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ONNX Runtime call's (outputs, activations) for `n` images → averaged over the
+        views, and the images' own activations."""
+        outputs, activations = ran
         views = self._views()
         if len(views) == 1:
-            return self.onnx.run(batch)
-        outputs, activations = self.onnx.run(torch.cat([_view(batch, *v) for v in views]))
+            return outputs, activations
         return self._view_mean(list(torch.split(outputs, n)), views), activations[:n]
 
     def _chunks(self, batch: torch.Tensor) -> list[torch.Tensor]:
         size = self.micro_batch or batch.shape[0]
+        if self._lane_pool is not None:  # a small batch is shared between the lanes too
+            size = min(size, -(-batch.shape[0] // self.lanes))
         return list(torch.split(batch, size)) if batch.shape[0] else [batch]
 
     def all_logits(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, 1 + R) raw outputs on the CPU."""
+
         with torch.inference_mode():
-            return torch.cat(
-                [self._forward(self._to_device(chunk)).cpu() for chunk in self._chunks(batch)]
-            )
+            chunks = self._chunks(batch)
+            if self.onnx is not None and self._lane_pool is not None and len(chunks) > 1:
+                # Only ONNX Runtime runs in the lanes: torch operations started from other
+                # threads make thread teams of their own that then slow every later torch call
+                # in the process (a plain PyTorch loop beside it ran at half speed).
+                inputs = [self._onnx_input(chunk) for chunk in chunks]
+                ran = list(self._lane_pool.map(self.onnx.run, inputs))
+                return torch.cat(
+                    [self._onnx_mean(c.shape[0], r)[0] for c, r in zip(chunks, ran, strict=True)]
+                ).float()
+            views = self._views()
+            if self.onnx is not None and self._lane_pool is not None and len(views) > 1:
+                # One micro-batch (a single upload, a trickle): its views share the lanes.
+                inputs = [_view(batch, *v) for v in views]
+                ran = list(self._lane_pool.map(self.onnx.run, inputs))
+                return self._view_mean([outputs for outputs, _ in ran], views).float()
+            return torch.cat([self._forward(self._to_device(chunk)).cpu() for chunk in chunks])
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """(N,) raw fracture logits."""
@@ -471,6 +517,8 @@ class Classifier:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        if self._lane_pool is not None:
+            self._lane_pool.shutdown(wait=False)
         if self.isolated is not None:
             self.isolated.close()
 

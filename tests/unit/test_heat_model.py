@@ -349,3 +349,33 @@ def test_an_ensemble_may_mix_lite0_and_lite1_members_of_one_layout(tmp_path: Pat
     assert torch.allclose(both.all_logits(batch), (each[0] + each[1]) / 2, atol=1e-4)
     with pytest.raises(ckpt.CheckpointError, match="share"):  # a 16 px map cannot join
         ckpt.combine([members[0], dataclasses.replace(members[1], arch_kwargs={})])
+
+
+@pytest.mark.parametrize("flip_tta", [False, True])
+def test_micro_batches_run_side_by_side_give_the_same_answers_in_order(flip_tta: bool) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        checkpoint = _heat_checkpoint(flip_tta=flip_tta)
+        side_by_side = Classifier(checkpoint, device="cpu", runtime="onnx", micro_batch=2, lanes=2)
+        one_at_a_time = Classifier(checkpoint, device="cpu", runtime="onnx", micro_batch=2, lanes=1)
+        plain = architectures.build("efficientnet_lite0").eval()
+        no_heat = ckpt.Checkpoint.from_network(
+            "efficientnet_lite0", plain, preset=Preset(size=SIZE), threshold=0.5
+        )
+        grad_cam = Classifier(no_heat, device="cpu", runtime="onnx", lanes=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert (side_by_side.lanes, one_at_a_time.lanes) == (2, 1)
+    assert grad_cam.lanes == 1  # its PyTorch tail follows each run: one at a time
+    # Images that differ a lot, so a micro-batch returned out of order would show: 9 images
+    # (five runs of 2), 3 (shared between the lanes: 2 and 1) and 1 (its views in the lanes).
+    batch = torch.randn(9, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    batch *= torch.linspace(0.2, 3.0, 9).view(9, 1, 1, 1)
+    for images in (batch, batch[:3], batch[:1]):
+        want = one_at_a_time.all_logits(images)  # fracture, regions and the heat map
+        torch.testing.assert_close(side_by_side.all_logits(images), want, atol=1e-5, rtol=0)
+        got = side_by_side.predict(images)
+        assert [(r.verdict, r.region) for r in got] == [
+            (r.verdict, r.region) for r in one_at_a_time.predict(images)
+        ]

@@ -95,6 +95,7 @@ def test_threshold_and_temperature_from_the_checkpoint(tmp_path: Path) -> None:
     classifier.version = "test"
     classifier.micro_batch = 2  # 3 inputs: one chunk of 2, one of 1
     classifier.onnx = None  # the PyTorch path
+    classifier._lane_pool = None  # micro-batches one after another
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         logits = net(x).reshape(-1)

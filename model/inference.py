@@ -341,25 +341,29 @@ class Classifier:
 
     def all_logits(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, 1 + R) raw outputs on the CPU."""
-
         with torch.inference_mode():
             chunks = self._chunks(batch)
-            if self.onnx is not None and self._lane_pool is not None and len(chunks) > 1:
-                # Only ONNX Runtime runs in the lanes: torch operations started from other
-                # threads make thread teams of their own that then slow every later torch call
-                # in the process (a plain PyTorch loop beside it ran at half speed).
-                inputs = [self._onnx_input(chunk) for chunk in chunks]
-                ran = list(self._lane_pool.map(self.onnx.run, inputs))
-                return torch.cat(
-                    [self._onnx_mean(c.shape[0], r)[0] for c, r in zip(chunks, ran, strict=True)]
-                ).float()
-            views = self._views()
-            if self.onnx is not None and self._lane_pool is not None and len(views) > 1:
-                # One micro-batch (a single upload, a trickle): its views share the lanes.
-                inputs = [_view(batch, *v) for v in views]
-                ran = list(self._lane_pool.map(self.onnx.run, inputs))
-                return self._view_mean([outputs for outputs, _ in ran], views).float()
+            if self._lane_pool is not None:
+                return self._in_lanes(chunks)
             return torch.cat([self._forward(self._to_device(chunk)).cpu() for chunk in chunks])
+
+    def _in_lanes(self, chunks: list[torch.Tensor]) -> torch.Tensor:
+        """`all_logits` with the ONNX Runtime calls shared between the lanes: the micro-batches,
+        or a lone micro-batch's views (a single upload, a trickle).
+
+        Only ONNX Runtime runs in the lanes: torch operations started from other threads make
+        thread teams of their own, which then slowed every later torch call in the process (a
+        plain PyTorch loop beside it ran at half speed).
+        """
+        assert self.onnx is not None and self._lane_pool is not None
+        views = self._views()
+        if len(chunks) == 1 and len(views) > 1:
+            ran = self._lane_pool.map(self.onnx.run, [_view(chunks[0], *v) for v in views])
+            return self._view_mean([outputs for outputs, _ in ran], views).float()
+        ran = self._lane_pool.map(self.onnx.run, [self._onnx_input(chunk) for chunk in chunks])
+        return torch.cat(
+            [self._onnx_mean(c.shape[0], r)[0] for c, r in zip(chunks, ran, strict=True)]
+        ).float()
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """(N,) raw fracture logits."""

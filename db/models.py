@@ -76,6 +76,9 @@ class Image(Base):
     filename: Mapped[str] = mapped_column(Text, doc="display name, relative to the inbox")
     source: Mapped[str] = mapped_column(String(16), default=ImageSource.WATCH)
     bytes: Mapped[int] = mapped_column(BigInteger)
+    file_signature: Mapped[str | None] = mapped_column(
+        String(96), doc="size, times and inode when hashed: unchanged, the worker trusts sha256"
+    )
     format: Mapped[str | None] = mapped_column(String(32))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     status: Mapped[str] = mapped_column(String(16), default=ImageStatus.QUEUED)

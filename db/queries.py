@@ -71,6 +71,7 @@ class NewImage:
     fmt: str | None = None
     rejection: str | None = None
     dicom: DicomIdentity | None = None
+    signature: str | None = None  # `model.files.settled_signature` when it was hashed
 
 
 def register_images(
@@ -93,6 +94,7 @@ def register_images(
                 "path": entry.path,
                 "filename": entry.filename,
                 "bytes": entry.size,
+                "file_signature": entry.signature,
                 "format": entry.fmt,
                 "source": source,
                 "status": ImageStatus.FAILED if entry.rejection else ImageStatus.QUEUED,
@@ -671,6 +673,7 @@ def reattach(*, session: Session, new: NewImage) -> int | None:
         .values(
             sha256=new.sha256,
             bytes=new.size,
+            file_signature=new.signature,
             path=new.path,
             status=ImageStatus.QUEUED,
             error=None,

@@ -18,8 +18,9 @@ from PIL import Image
 from model import checkpoint as ckpt
 from model import onnx_engine, optimise
 from model.decode import DEFAULT_MAX_PIXELS, Decoded, DecodeError, decode
-from model.isolation import DecodeJob, IsolatedDecoder, Ready, ready_job
+from model.isolation import DecodeJob, IsolatedDecoder, Ready, StoredFile, ready_job
 from model.onnx_engine import OnnxNetwork
+from model.preprocess import normalise_array
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +204,10 @@ class Classifier:
 
         return list(self._pool.map(one, sources))
 
-    def prepare_files(
-        self, files: Sequence[tuple[Path | str, str | None]]
-    ) -> list[Prepared | DecodeError]:
-        """Read, verify and decode stored files given as (path, sha256 or None) — in child
-        processes when isolated — keeping only each one's network input: neither its bytes
-        nor its decoded pixels outlive the call."""
+    def prepare_files(self, files: Sequence[StoredFile]) -> list[Prepared | DecodeError]:
+        """Read, verify and decode stored files — in child
+        processes when isolated — keeping only each one's network input (made here from the
+        grey image that comes back): neither its bytes nor its decoded pixels outlive the call."""
         jobs = [
             DecodeJob(
                 str(path),
@@ -217,8 +216,9 @@ class Classifier:
                 self.max_pixels,
                 max_bytes=self.max_file_bytes,
                 patient_salt=self.patient_salt,
+                signature=signature,
             )
-            for path, sha256 in files
+            for path, sha256, signature in files
         ]
 
         def one(job: DecodeJob) -> Ready | DecodeError:
@@ -235,7 +235,9 @@ class Classifier:
         return [
             r
             if isinstance(r, DecodeError)
-            else Prepared(torch.from_numpy(r.array), r.decoded, r.pixels_shape)
+            else Prepared(
+                torch.from_numpy(normalise_array(self.preset, r.grey)), r.decoded, r.pixels_shape
+            )
             for r in ready
         ]
 
@@ -356,13 +358,16 @@ class Classifier:
         plain PyTorch loop beside it ran at half speed).
         """
         assert self.onnx is not None and self._lane_pool is not None
+        run, submit = self.onnx.run, self._lane_pool.submit
         views = self._views()
+        # Each input goes to the lanes as soon as it is made, so they start on the first while
+        # the calling thread makes the rest.
         if len(chunks) == 1 and len(views) > 1:
-            ran = self._lane_pool.map(self.onnx.run, [_view(chunks[0], *v) for v in views])
-            return self._view_mean([outputs for outputs, _ in ran], views).float()
-        ran = self._lane_pool.map(self.onnx.run, [self._onnx_input(chunk) for chunk in chunks])
+            ran = [submit(run, _view(chunks[0], *v)) for v in views]
+            return self._view_mean([r.result()[0] for r in ran], views).float()
+        ran = [submit(run, self._onnx_input(chunk)) for chunk in chunks]
         return torch.cat(
-            [self._onnx_mean(c.shape[0], r)[0] for c, r in zip(chunks, ran, strict=True)]
+            [self._onnx_mean(c.shape[0], r.result())[0] for c, r in zip(chunks, ran, strict=True)]
         ).float()
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """Decoding in child processes, so that a decoder which crashes the interpreter (a segfault or
 an abort in a C library fed a hostile file) costs that one file, not the worker.
 
-The children read and verify each file themselves and send back only its network input, so
-the parent never holds a batch's file bytes or decoded pixels (a 3,000 px 12-bit DICOM file is
-14 MB; its network input at 256 px, 0.8 MB).
+The children read and verify each file themselves and send back only its resized grey image,
+so the parent never holds a batch's file bytes or decoded pixels (a 3,000 px 12-bit DICOM file
+is 14 MB; its grey image at 256 px, 0.26 MB; the parent makes the three normalised channels).
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
-from typing import Generic, TypeVar
+from pathlib import Path
+from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
 
 from model.decode import Decoded, decode
 from model.errors import DecodeError
 from model.files import read_file
-from model.preprocess import Preset, network_input
+from model.preprocess import Preset, resize_array
 
 log = logging.getLogger(__name__)
 
@@ -44,34 +45,49 @@ class DecodeJob:
     max_pixels: int
     max_bytes: int | None = None
     patient_salt: str | None = None
+    signature: str | None = None  # `files.settled_signature` when it was hashed: see `read_file`
+
+
+class StoredFile(NamedTuple):
+    """A stored file to score: where it is, the sha256 it was registered with (None: not
+    checked) and the signature it had when it was hashed (None: hash it again)."""
+
+    path: Path | str
+    sha256: str | None = None
+    signature: str | None = None
 
 
 @dataclass
 class Ready:
-    """A file made ready for the network: its input, and what decoding learnt about it (the
-    decoded pixels released, their shape kept for mapping boxes back)."""
+    """A file made ready for the network: its resized grey image (`preprocess.normalise_array`
+    makes the network input of it), and what decoding learnt about it (the decoded pixels
+    released, their shape kept for mapping boxes back).
 
-    array: np.ndarray  # (3, size, size) float32, normalised
+    The grey image is a third of the network input's bytes, which are identical channels once
+    normalised: sending it rather than the input cut the round trip through the decoding
+    children from about 41 to 29 ms per batch of 16 small JPEGs (docs/PERFORMANCE.md)."""
+
+    grey: np.ndarray  # (1, size, size) float32 in [0, 1]
     decoded: Decoded
     pixels_shape: tuple[int, int]
 
 
 def decode_job(job: DecodeJob) -> Decoded:
     """Read, verify and decode one file; its bytes are dropped on return."""
-    data = read_file(job.path, sha256=job.sha256, max_bytes=job.max_bytes)
+    data = read_file(job.path, sha256=job.sha256, max_bytes=job.max_bytes, signature=job.signature)
     return decode(
         data, target_size=job.preset.size, max_pixels=job.max_pixels, patient_salt=job.patient_salt
     )
 
 
 def ready_job(job: DecodeJob) -> Ready:
-    """Decode one file and make its network input (in a child process, or in a thread): only
-    the input (0.8 MB at 256 px) travels back, not the decoded pixels (7 MB for a 3,000 px
+    """Decode one file and resize it for the network (in a child process, or in a thread): only
+    the grey image (0.26 MB at 256 px) travels back, not the decoded pixels (7 MB for a 3,000 px
     radiograph reduced by 2)."""
     decoded = decode_job(job)
-    array = network_input(job.preset, decoded.pixels)
+    grey = resize_array(job.preset, decoded.pixels)
     height, width = decoded.pixels.shape
-    return Ready(array, replace(decoded, pixels=RELEASED), (height, width))
+    return Ready(grey, replace(decoded, pixels=RELEASED), (height, width))
 
 
 T = TypeVar("T")

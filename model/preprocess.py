@@ -111,7 +111,12 @@ def resize_array(preset: Preset, pixels: np.ndarray) -> np.ndarray:
 
 def network_input(preset: Preset, pixels: np.ndarray) -> np.ndarray:
     """(3, size, size) float32: the preset's resize and normalisation, in NumPy."""
-    grey = resize_array(preset, pixels)
+    return normalise_array(preset, resize_array(preset, pixels))
+
+
+def normalise_array(preset: Preset, grey: np.ndarray) -> np.ndarray:
+    """(1, size, size) in [0, 1] → (3, size, size) float32 normalised with the preset's mean
+    and std: the second half of `network_input`, the same arithmetic."""
     mean = np.asarray(preset.mean, dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(preset.std, dtype=np.float32).reshape(3, 1, 1)
     return (grey - mean) / std

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,7 +24,7 @@ from watchdog.observers.polling import PollingObserver
 
 from db import queries
 from db.session import transaction
-from model.files import special_kind
+from model.files import settled_signature, special_kind
 from telemetry import metrics
 from worker import client
 
@@ -47,6 +48,16 @@ RESCUE_TICK_S = 2.0  # how often the heartbeats are read for a dead worker (one 
 def is_ignored(path: Path) -> bool:
     parts = path.parts
     return any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in IGNORED_PATTERNS)
+
+
+class Described(NamedTuple):
+    """What registering a settled file needs to know about it."""
+
+    sha256: str
+    size: int
+    path: str  # the path to read
+    rejection: str | None  # why it is registered as failed, or None
+    signature: str | None = None  # `settled_signature` before hashing an accepted file
 
 
 @dataclass
@@ -265,14 +276,14 @@ class Watcher:
         return offered
 
     # -- registration ----------------------------------------------------------------
-    def _describe(self, path: Path) -> tuple[str, int, str, str | None]:
-        """(sha256, size, path to read, rejection reason) for a settled file."""
+    def _describe(self, path: Path) -> Described:
+        """How a settled file is registered."""
         relative = path.relative_to(self.inbox)
         if not _utf8_safe(str(path)):
             # Names from old Windows shares may be Latin-1 bytes: the database stores text and
             # the worker could not reopen the file from it. Fail that one file, readably.
             sha, size = sha256_file(path)
-            return (
+            return Described(
                 sha,
                 size,
                 _displayable(str(path)),
@@ -281,17 +292,23 @@ class Watcher:
         kind = special_kind(os.stat(path).st_mode)
         if kind is not None:  # a FIFO would block the reader for good; a device never ends
             digest = hashlib.sha256(f"skipped-{kind}:{relative}".encode()).hexdigest()
-            return digest, 0, str(path), f"not a regular file ({kind}): skipped, not read"
+            return Described(
+                digest, 0, str(path), f"not a regular file ({kind}): skipped, not read"
+            )
         if path.is_symlink():
             target = path.resolve()
             if not target.is_relative_to(self.inbox):
                 digest = hashlib.sha256(f"rejected-symlink:{relative}".encode()).hexdigest()
-                return digest, 0, str(path), "symbolic link pointing outside the inbox: not read"
+                return Described(
+                    digest, 0, str(path), "symbolic link pointing outside the inbox: not read"
+                )
+        # Taken before hashing: a write during the hash changes it, so the worker hashes again.
+        signature = settled_signature(os.stat(path), time.time_ns())
         sha, size = sha256_file(path)
         if size == 0:  # every empty file has the same digest: each gets a row of its own
             digest = hashlib.sha256(f"empty:{relative}".encode()).hexdigest()
-            return digest, 0, str(path), "empty file (0 bytes): nothing to score"
-        return sha, size, str(path), None
+            return Described(digest, 0, str(path), "empty file (0 bytes): nothing to score")
+        return Described(sha, size, str(path), None, signature)
 
     def register(self, paths: Iterable[Path]) -> list[int]:
         """Hash, register and enqueue settled files; returns the ids sent."""
@@ -302,14 +319,14 @@ class Watcher:
         for path, info in zip(paths, described, strict=True):
             if info is None:  # vanished before it was read: logged, nothing to register
                 continue
-            sha, size, stored_path, rejection = info
             entry = queries.NewImage(
-                sha256=sha,
-                path=stored_path,
+                sha256=info.sha256,
+                path=info.path,
                 filename=_displayable(str(path.relative_to(self.inbox))),
-                size=size,
+                size=info.size,
                 fmt=path.suffix.lower().lstrip(".") or None,
-                rejection=rejection,
+                rejection=info.rejection,
+                signature=info.signature,
             )
             entries.append((path, entry))
         with transaction(self.factory) as session:
@@ -330,7 +347,7 @@ class Watcher:
             if created and not entry.rejection
         ]
 
-    def _safe_describe(self, path: Path) -> tuple[str, int, str, str | None] | None:
+    def _safe_describe(self, path: Path) -> Described | None:
         try:
             before = os.lstat(path)  # taken before hashing: a later change is seen as one
             described = self._describe(path)
@@ -342,7 +359,7 @@ class Watcher:
             # A row says why (permissions, I/O error); fixed, the file re-attaches to it.
             relative = path.relative_to(self.inbox)
             digest = hashlib.sha256(f"unreadable:{relative}".encode()).hexdigest()
-            return digest, 0, str(path), f"cannot read file: {exc.strerror or exc}"
+            return Described(digest, 0, str(path), f"cannot read file: {exc.strerror or exc}")
         return None
 
     # -- sweeping --------------------------------------------------------------------

@@ -20,6 +20,7 @@ from db.session import transaction
 from model import regions
 from model.decode import DecodeError
 from model.inference import Classifier, Prepared, Result
+from model.isolation import StoredFile
 from telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Claimed:
     sha256: str
     attempts: int = 1
     received_at: datetime | None = None
+    signature: str | None = None  # as the file was when hashed; see `model.files.read_file`
 
 
 def groups_to_score(claimed: Sequence[Claimed]) -> list[list[Claimed]]:
@@ -93,7 +95,14 @@ class BatchProcessor:
                     worker=self.worker,
                 )
             claimed = [
-                Claimed(i.id, i.path, i.sha256, 1 if rescore else i.attempts, i.received_at)
+                Claimed(
+                    i.id,
+                    i.path,
+                    i.sha256,
+                    1 if rescore else i.attempts,
+                    i.received_at,
+                    i.file_signature,
+                )
                 for i in images
             ]
         outcome.skipped = sorted(
@@ -191,7 +200,9 @@ class BatchProcessor:
         against 0.90 in PyTorch (docs/PERFORMANCE.md). Decoding costs a tenth of the forward
         pass, and threads decoding beside it slowed every parallel operation of the network.
         """
-        prepared = self.classifier.prepare_files([(item.path, item.sha256) for item in claimed])
+        prepared = self.classifier.prepare_files(
+            [StoredFile(item.path, item.sha256, item.signature) for item in claimed]
+        )
         good: list[tuple[Claimed, Prepared]] = []
         for item, result in zip(claimed, prepared, strict=True):
             if isinstance(result, DecodeError):
@@ -225,8 +236,9 @@ class BatchProcessor:
                 return None
             if prediction.heatmap_path and Path(prediction.heatmap_path).is_file():
                 return prediction.heatmap_path
-            image_id, path, sha256 = image.id, image.path, image.sha256
-        (prepared,) = self.classifier.prepare_files([(path, sha256)])
+            image_id, sha256 = image.id, image.sha256
+            source = StoredFile(image.path, sha256, image.file_signature)
+        (prepared,) = self.classifier.prepare_files([source])
         if isinstance(prepared, DecodeError):
             log.warning("heat map for image %d cannot be drawn: %s", image_id, prepared)
             return None

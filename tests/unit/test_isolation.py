@@ -14,7 +14,7 @@ import pytest
 
 from model.errors import DecodeError
 from model.isolation import CRASHED, RELEASED, DecodeJob, IsolatedDecoder, Ready, ready_job
-from model.preprocess import Preset
+from model.preprocess import Preset, normalise_array
 from tests.crash_decoder import aborting_decode
 from tests.helpers import REPO, sample_images, wait_for
 
@@ -68,7 +68,7 @@ def test_children_verify_the_registered_bytes_and_the_size_cap(
     assert "file not found" in str(results[3])
 
 
-def test_only_the_network_input_comes_back_the_same_as_decoding_here(
+def test_only_the_grey_image_comes_back_and_makes_the_same_input_as_decoding_here(
     decoder: IsolatedDecoder[Ready],
 ) -> None:
     from model.decode import decode
@@ -80,9 +80,9 @@ def test_only_the_network_input_comes_back_the_same_as_decoding_here(
     assert isolated.decoded.pixels is not local.pixels and isolated.decoded.pixels.size == 0
     assert isolated.decoded.pixels.shape == RELEASED.shape  # the worker keeps no image
     assert isolated.pixels_shape == local.pixels.shape
-    expected = Preset(size=224)(local.pixels).numpy()
-    assert isolated.array.shape == (3, 224, 224)
-    assert (isolated.array == expected).all()
+    preset = Preset(size=224)
+    assert isolated.grey.shape == (1, 224, 224)  # a third of the input's bytes travel
+    assert (normalise_array(preset, isolated.grey) == preset(local.pixels).numpy()).all()
     assert (isolated.decoded.width, isolated.decoded.height, isolated.decoded.format) == (
         local.width,
         local.height,
@@ -121,7 +121,7 @@ CRASH_THEN_EXIT = """
 import sys
 from pathlib import Path
 from model.isolation import DecodeJob, IsolatedDecoder
-from model.preprocess import Preset
+from model.preprocess import Preset, normalise_array
 from tests.crash_decoder import aborting_decode
 if __name__ == "__main__":
     good, crash = sys.argv[1:3]

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.models import ImageSource
+from model.files import file_signature
 from telemetry import metrics
 from worker import client
 
@@ -174,7 +175,10 @@ class StoreHandler:
                 log.info("instance %s already received (image %d)", sop_uid, known.id)
                 return SUCCESS
             write_durably(path, encoded)
-            entry = self._entry(path, sha, len(encoded), instance.identity)
+            # Only this process writes its folder (0700), so the file's signature is taken at
+            # once: the worker need not hash the bytes again (see model.files).
+            signature = file_signature(os.stat(path))
+            entry = self._entry(path, sha, len(encoded), instance.identity, signature=signature)
             client.register(self.app, self.factory, [entry], source=ImageSource.DICOM)
         except Exception:
             log.exception("could not store instance %s; the sender is asked to retry", sop_uid)
@@ -188,6 +192,7 @@ class StoreHandler:
         size: int,
         identity: queries.DicomIdentity | None,
         rejection: str | None = None,
+        signature: str | None = None,
     ) -> queries.NewImage:
         return queries.NewImage(
             sha256=sha,
@@ -197,6 +202,7 @@ class StoreHandler:
             fmt="dcm",
             rejection=rejection,
             dicom=identity,
+            signature=signature,
         )
 
     def _keep_malformed(self, encoded: bytes, sha: str, reason: str, calling_ae: str | None) -> int:

@@ -20,6 +20,7 @@ from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
 
 from db.models import DicomExport, Image, Prediction
+from model.files import file_signature
 from pacs.objects import read_report
 from tests.helpers import (
     OrthancServer,
@@ -170,6 +171,8 @@ def test_a_study_sent_by_orthanc_is_scored_and_its_results_come_back_into_the_sa
                     Path(row.path).is_file()
                     and (os.stat(Path(row.path).parent.parent).st_mode & 0o077) == 0
                 )
+                # written by the listener alone: the worker trusted its hash, not hashing again
+                assert row.file_signature == file_signature(os.stat(row.path))
         assert "ignored non-image instance" in p.logs(20000)
         assert_no_patient_identity_in_logs(p)
 

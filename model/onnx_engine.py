@@ -106,11 +106,10 @@ class OnnxNetwork:
         # Idle intra-op threads spin by default; here they would take CPU from the decode
         # threads working beside each forward pass.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # Without ONNX Runtime's own memory arena the worker holds ~115 MB less after warm-up
-        # (1,179 -> 1,064 MB with the shipped ensemble), at no measurable cost in speed here
-        # (docs/PERFORMANCE.md); freed blocks go back to the allocator, which the worker
-        # returns to the system after each batch.
-        options.enable_cpu_mem_arena = False
+        # ONNX Runtime's memory arena stays on (the default). Without it, each run allocated
+        # its planned block of activations from the C library, which with the lanes' threads
+        # mapped and unmapped it every time: 7-8 ms of kernel time per image, and end to end
+        # 17-21 % fewer images per second at the same worker peak (docs/PERFORMANCE.md).
         options.log_severity_level = 3
         self.session = ort.InferenceSession(
             buffer.getvalue(), options, providers=["CPUExecutionProvider"]

@@ -20,9 +20,9 @@ def test_defaults_point_at_local_folders_and_shipped_model(monkeypatch: pytest.M
 def test_environment_overrides_defaults_and_arguments_override_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("FRACTURE_BATCH_SIZE", "32")
+    monkeypatch.setenv("FRACTURE_BATCH_SIZE", "24")
     monkeypatch.setenv("FRACTURE_DATA_DIR", str(tmp_path))
-    assert Settings().batch_size == 32
+    assert Settings().batch_size == 24
     assert Settings(batch_size=8).batch_size == 8
     assert Settings().resolved_database_url == f"sqlite:///{tmp_path / 'fracture.db'}"
 

@@ -51,6 +51,10 @@ INBOX = "/srv/fracture/inbox"
 DROP = "/srv/fracture/drop"  # same filesystem as the inbox, so mv is a rename
 WORKER = "worker-cpu"  # the GPU `worker` service cannot run here: it stays at zero replicas
 MAIN_DROP, FAULT_DROP = 200, 100
+# The worker kill needs batches still in flight once its set-up (a few podman calls, seconds)
+# is done: two workers store 100 radiographs in batches of 32 in about that time. (600 of
+# val's 602 radiographs in all.)
+KILL_DROP = 200
 HEALTH_CHECKED = {"redis", "postgres", "dashboard"}  # the services with a healthcheck
 
 
@@ -73,7 +77,7 @@ def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
 def radiographs() -> list[Path]:
     """FracAtlas's validation radiographs (both classes), in a fixed order."""
     files = sorted((FRACATLAS / "val").glob("*/*.jpg"), key=lambda p: p.name)
-    needed = MAIN_DROP + 3 * FAULT_DROP
+    needed = MAIN_DROP + 2 * FAULT_DROP + KILL_DROP
     if len(files) < needed:
         reason = f"needs {needed} FracAtlas val radiographs in {FRACATLAS / 'val'}"
         if IN_CI:
@@ -86,7 +90,7 @@ def radiographs() -> list[Path]:
 def drops() -> Callable[[], list[Path]]:
     """Disjoint sets of files, handed out in order: the main drop, then one per fault."""
     files = radiographs()
-    sizes = iter([MAIN_DROP, FAULT_DROP, FAULT_DROP, FAULT_DROP])
+    sizes = iter([MAIN_DROP, FAULT_DROP, KILL_DROP, FAULT_DROP])
 
     def take() -> list[Path]:
         size = next(sizes)

@@ -205,9 +205,9 @@ class Classifier:
         return list(self._pool.map(one, sources))
 
     def prepare_files(self, files: Sequence[StoredFile]) -> list[Prepared | DecodeError]:
-        """Read, verify and decode stored files — in child
-        processes when isolated — keeping only each one's network input (made here from the
-        grey image that comes back): neither its bytes nor its decoded pixels outlive the call."""
+        """Read, verify and decode stored files — in child processes when isolated — keeping
+        only each one's network input (made here from the grey image that comes back): neither
+        its bytes nor its decoded pixels outlive the call."""
         jobs = [
             DecodeJob(
                 str(path),

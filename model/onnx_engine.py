@@ -108,8 +108,8 @@ class OnnxNetwork:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # ONNX Runtime's memory arena stays on (the default). Without it, each run allocated
         # its planned block of activations from the C library, which with the lanes' threads
-        # mapped and unmapped it every time: 7-8 ms of kernel time per image, and end to end
-        # 17-21 % fewer images per second at the same worker peak (docs/PERFORMANCE.md).
+        # mapped and unmapped it every time: 7-8 ms of kernel time per image. With it, the
+        # pipeline ran 17-21 % faster at the same worker peak (docs/PERFORMANCE.md).
         options.log_severity_level = 3
         self.session = ort.InferenceSession(
             buffer.getvalue(), options, providers=["CPUExecutionProvider"]

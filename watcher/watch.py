@@ -289,7 +289,10 @@ class Watcher:
                 _displayable(str(path)),
                 ("file name is not valid UTF-8 (rename the file to score it): not read"),
             )
-        kind = special_kind(os.stat(path).st_mode)
+        # One look at the file for its kind and its signature, before hashing: a write during
+        # the hash changes the signature, so the worker hashes again.
+        info, now_ns = os.stat(path), time.time_ns()
+        kind = special_kind(info.st_mode)
         if kind is not None:  # a FIFO would block the reader for good; a device never ends
             digest = hashlib.sha256(f"skipped-{kind}:{relative}".encode()).hexdigest()
             return Described(
@@ -302,8 +305,7 @@ class Watcher:
                 return Described(
                     digest, 0, str(path), "symbolic link pointing outside the inbox: not read"
                 )
-        # Taken before hashing: a write during the hash changes it, so the worker hashes again.
-        signature = settled_signature(os.stat(path), time.time_ns())
+        signature = settled_signature(info, now_ns)
         sha, size = sha256_file(path)
         if size == 0:  # every empty file has the same digest: each gets a row of its own
             digest = hashlib.sha256(f"empty:{relative}".encode()).hexdigest()

@@ -30,7 +30,7 @@ def test_worker_scores_a_file_that_kept_its_signature_and_refuses_one_rewritten_
         for path in make_distinct_images(tmp_path / "src", 2)
     )
     # A signature is only taken once a write now could no longer share the file's time stamps.
-    wait_for(lambda: settled_signature(os.stat(rewritten), time.time_ns()) is not None, 5)
+    assert wait_for(lambda: settled_signature(os.stat(rewritten), time.time_ns()) is not None, 5)
     ids = watcher.register([kept, rewritten])
     assert len(ids) == 2
 
@@ -38,6 +38,7 @@ def test_worker_scores_a_file_that_kept_its_signature_and_refuses_one_rewritten_
     factory = make_session_factory(engine)
     with factory() as session:
         signatures = dict(session.execute(select(Image.filename, Image.file_signature)).all())
+    assert signatures[kept.name] is not None
     assert signatures[kept.name] == settled_signature(os.stat(kept), time.time_ns())
     size = rewritten.stat().st_size
     with rewritten.open("r+b") as handle:  # same size, same inode, other bytes

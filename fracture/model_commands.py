@@ -61,6 +61,14 @@ def train_command(
     pretrained: Annotated[
         bool, typer.Option(help="start from ImageNet weights where available offline")
     ] = True,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="fine-tune: start from this checkpoint's weights (same network and heads; "
+            "--size may differ)",
+        ),
+    ] = None,
     freeze_blocks: Annotated[
         int, typer.Option("--freeze-blocks", min=0, help="efficientnet_lite0: frozen early blocks")
     ] = 3,
@@ -114,6 +122,8 @@ def train_command(
     setup_logging()
     if weights is not None and not weights.is_file():
         fail(f"weights file not found: {weights}")
+    if init is not None and not init.is_file():
+        fail(f"--init: checkpoint not found: {init}")
     try:
         config = TrainConfig(
             data=data,
@@ -127,6 +137,7 @@ def train_command(
             target_sensitivity=target_sensitivity,
             pretrained=pretrained,
             weights=weights,
+            init=init,
             freeze_blocks=freeze_blocks,
             ema_decay=ema_decay,
             label_smoothing=label_smoothing,

@@ -72,6 +72,7 @@ class TrainConfig:
     target_sensitivity: float = 0.90
     pretrained: bool = True
     weights: Path | None = None  # local ImageNet weights for a torchvision architecture
+    init: Path | None = None  # start from this checkpoint's weights (fine-tuning), same heads
     freeze_blocks: int = 3  # EfficientNet-Lite: stem + this many blocks stay at ImageNet values
     ema_decay: float = 0.995  # 0 disables the exponential moving average of weights
     label_smoothing: float = 0.0
@@ -386,6 +387,37 @@ def _build_network(config: TrainConfig, regions: int, heat: bool = False) -> nn.
     return architectures.build(config.arch, pretrained=config.starts_pretrained, **kwargs)
 
 
+def _start_from(net: nn.Module, config: TrainConfig, regions: tuple[str, ...], heat: bool) -> None:
+    """Load `config.init`'s weights into `net` (fine-tuning; the input size may differ, the
+    network and its heads may not), with the calibration's prior-shift offset taken back out of
+    the fracture bias so that training starts from the logits it ended with."""
+    assert config.init is not None
+    start = ckpt.load(config.init)
+    source = f"--init {config.init}"
+    if start.arch != config.arch:
+        raise ValueError(f"{source} is a {start.arch} network, not {config.arch}")
+    if "members" in start.arch_kwargs:
+        raise ValueError(f"{source} is an ensemble: start from one of its members")
+    if start.regions != regions:
+        raise ValueError(f"{source} has regions {list(start.regions)}, the data {list(regions)}")
+    theirs = (
+        f"a stride-{start.arch_kwargs.get('heat_stride', 16)} heat map"
+        if start.heat
+        else "no heat map"
+    )
+    mine = f"a stride-{config.heat_stride} heat map" if heat else "no heat map"
+    if theirs != mine:
+        raise ValueError(f"{source} has {theirs}, this run {mine}")
+    state = dict(start.state_dict)
+    head = "fracture" if isinstance(net, architectures.HeatNet) else head_linear_name(net)
+    state[head + ".bias"] = state[head + ".bias"] - float(start.extra.get("logit_offset", 0.0))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:  # e.g. seed_cnn, whose layers depend on the input size
+        raise ValueError(f"{source} does not fit this network: {exc}") from None
+    log.info("starting from %s (%s)", config.init, start.version)
+
+
 def train(config: TrainConfig) -> ckpt.Checkpoint:
     """Train, keep the best-on-val network, calibrate it and save it to `config.out`."""
     started = time.perf_counter()
@@ -428,7 +460,10 @@ def train(config: TrainConfig) -> ckpt.Checkpoint:
     heat = outlines is not None
     grid = config.size // config.heat_stride
 
-    net = _build_network(config, len(regions), heat).to(memory_format=torch.channels_last)
+    net = _build_network(config, len(regions), heat)
+    if config.init is not None:
+        _start_from(net, config, regions, heat)
+    net = net.to(memory_format=torch.channels_last)
     frozen = frozen_modules(
         net, config.arch, config.freeze_blocks if config.starts_pretrained else 0
     )

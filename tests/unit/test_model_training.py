@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,14 @@ from model import checkpoint as ckpt
 from model.data import DataError, class_of_folder, load_exact, scan
 from model.evaluate import evaluate
 from model.inference import Classifier
-from model.train import TrainConfig, augment, train
+from model.train import (
+    TrainConfig,
+    _build_network,
+    _start_from,
+    augment,
+    head_linear_name,
+    train,
+)
 
 SIZE = 64
 
@@ -129,6 +137,49 @@ def test_resume_continues_from_saved_state(trained: tuple[Path, Path, ckpt.Check
         work_dir=root / "work", progress=False, threads=1, resume=True,
     )  # fmt: skip
     assert [h["epoch"] for h in train(config).extra["history"]] == [1, 2]
+
+
+def test_init_fine_tunes_from_a_checkpoint(trained: tuple[Path, Path, ckpt.Checkpoint]) -> None:
+    """--init loads the trained weights, with the calibration's offset taken back out of the
+    fracture bias, and a run started from them trains and records where it started."""
+    root, out, model = trained
+    config = TrainConfig(
+        data=root, out=root / "tuned.pt", arch="seed_cnn", epochs=1, size=SIZE, batch_size=8,
+        work_dir=root / "tuned", progress=False, threads=1, init=out,
+    )  # fmt: skip
+    net = _build_network(config, regions=0)
+    _start_from(net, config, (), heat=False)
+    loaded = net.state_dict()
+    offset = model.extra["logit_offset"]
+    assert offset != 0.0
+    head_bias = head_linear_name(net) + ".bias"
+    for name, value in model.state_dict.items():
+        assert torch.equal(loaded[name], value - offset if name == head_bias else value), name
+    tuned = train(config)
+    assert tuned.extra["recipe"]["init"] == str(out)
+    assert len(tuned.extra["history"]) == 1
+
+
+def test_init_refuses_a_checkpoint_that_does_not_fit(
+    trained: tuple[Path, Path, ckpt.Checkpoint],
+) -> None:
+    root, out, _ = trained
+    other_size = TrainConfig(
+        data=root, out=root / "x.pt", arch="seed_cnn", size=SIZE * 2, init=out, progress=False
+    )
+    with pytest.raises(ValueError, match="does not fit this network"):
+        _start_from(_build_network(other_size, regions=0), other_size, (), heat=False)
+    other_arch = TrainConfig(data=root, out=root / "x.pt", init=out, progress=False)
+    with pytest.raises(ValueError, match="is a seed_cnn network, not efficientnet_lite0"):
+        _start_from(
+            _build_network(dataclasses.replace(other_arch, pretrained=False), regions=0),
+            other_arch,
+            (),
+            heat=False,
+        )
+    with pytest.raises(ValueError, match="has no heat map, this run a stride-16 heat map"):
+        config = TrainConfig(data=root, out=root / "x.pt", arch="seed_cnn", size=SIZE, init=out)
+        _start_from(_build_network(config, regions=0), config, (), heat=True)
 
 
 def test_class_folder_aliases(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from model.inference import Classifier
 
 VAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "fracatlas" / "val"
 IN_CI = os.environ.get("CI", "").lower() == "true"
-# Shipped model (v2.2): val AUROC 0.924 on all 602 images (docs/MODEL_CARD.md). The floor
+# Shipped model (v2.3): val AUROC 0.930 on all 602 images (docs/MODEL_CARD.md). The floor
 # leaves room for a retrained model but not for a broken decode/preprocess chain, which drops
 # AUROC towards 0.5–0.7.
 AUROC_FLOOR = 0.85

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 
@@ -74,6 +73,8 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
                 f"{name}: no model hub here; pass a local weights file (--weights PATH) "
                 "or use efficientnet_lite0, whose ImageNet weights ship in a package"
             )
+        import torchvision
+
         net = torchvision.models.get_model(name, weights=None)
         if weights_file:
             state = torch.load(Path(weights_file), map_location="cpu", weights_only=True)
@@ -298,7 +299,15 @@ def tail(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
 
 
 def available() -> list[str]:
-    return ["seed_cnn", *LITE_WEIGHTS, *torchvision.models.list_models(torchvision.models)]
+    return ["seed_cnn", *LITE_WEIGHTS, *_torchvision_models()]
+
+
+def _torchvision_models() -> list[str]:
+    # Imported only here: torchvision adds about 160 MB to a process (the worker's peak
+    # counts it) and the shipped networks do not need it.
+    import torchvision
+
+    return list(torchvision.models.list_models(torchvision.models))
 
 
 def unknown(arch: str) -> str:
@@ -338,6 +347,6 @@ def _build_single(arch: str, *, pretrained: bool, **kwargs: object) -> nn.Module
         return SeedCNN(size=int(size))  # type: ignore[call-overload]
     if arch in LITE_WEIGHTS:
         return _efficientnet_lite(arch, pretrained=pretrained)
-    if arch in torchvision.models.list_models(torchvision.models):
+    if arch in _torchvision_models():
         return _torchvision(arch)(pretrained=pretrained, **kwargs)
     raise ValueError(unknown(arch))

@@ -1,6 +1,6 @@
 """Each process imports only what it uses: the CLI, the supervisor, the watcher and the DICOM
-listener never load torch, ONNX Runtime or Streamlit, the dashboard never torch or ONNX Runtime
-(checked in a fresh interpreter each)."""
+listener never load torch, ONNX Runtime or Streamlit, the dashboard never torch or ONNX Runtime,
+the worker never torchvision (checked in a fresh interpreter each)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ import dashboard.admin, dashboard.downloads, dashboard.record, dashboard.service
 import dashboard.signin, dashboard.ui, dashboard.verdict, dashboard.viewer
 import dashboard.views.browse, dashboard.views.overview, dashboard.views.upload
 """
+# The worker with the shipped model loaded: torchvision alone would add about 160 MB to its peak.
+WORKER = """
+import fracture.cli
+import worker.tasks
+from config import SHIPPED_MODEL
+from model.inference import Classifier
+Classifier.load(SHIPPED_MODEL, device="cpu").close()
+"""
 DICOM_LISTENER = """
 import fracture.cli
 import pacs.main
@@ -74,6 +82,7 @@ def heavy_modules_after(code: str, tmp_path: Path) -> list[str]:
     ("code", "allowed"),
     [
         pytest.param(CLI.format(args=["--help"]), [], id="fracture --help"),
+        pytest.param(WORKER, ["torch", "onnxruntime", "cv2"], id="fracture worker"),
         pytest.param(CLI.format(args=["results"]), [], id="fracture results"),
         pytest.param(UP, [], id="fracture up (supervisor)"),
         pytest.param(WATCHER, [], id="fracture watch"),

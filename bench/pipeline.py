@@ -420,8 +420,16 @@ def run(
         resolved_device = first["device"]
         result: dict[str, Any] = {
             **first,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"
-            + (f", {torch.cuda.get_device_name()}" if resolved_device.startswith("cuda") else ""),
+            "machine": ", ".join(
+                part
+                for part in (
+                    platform.machine(),
+                    cpu_name(),
+                    f"{os.cpu_count()} CPU cores",
+                    torch.cuda.get_device_name() if resolved_device.startswith("cuda") else "",
+                )
+                if part
+            ),
             "n": n,
             "batch_size": batch_size,
             "batch_interval_ms": batch_interval_ms,
@@ -582,3 +590,16 @@ def table(result: dict[str, Any]) -> str:
             f"{row['ips']:.1f} img/s, p95 {row['p95_ms']:.0f} ms"
         )
     return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    """The CPU's model name where the system says it ('' elsewhere): two VMs with the same core
+    count ran the same network 2.4× apart, so a figure names its CPU (docs/PERFORMANCE.md)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor()

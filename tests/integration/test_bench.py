@@ -1,11 +1,13 @@
 """`fracture bench --json` runs end to end and reports every figure the docs quote."""
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from bench.pipeline import cpu_name
 from tests.helpers import fracture_cli, fracture_env
 
 
@@ -35,6 +37,10 @@ def test_bench_json_reports_limit_pipeline_and_naive(tiny_model: Path, tmp_path:
         result["pipeline_ips"] / result["limit_ips"], abs=0.01
     )
     assert result["worker_rss_mb"] > 100  # the sampler really read the worker process
+    # The machine is named down to its CPU where the system says it (Linux: /proc/cpuinfo).
+    assert result["machine"].endswith(f"{os.cpu_count()} CPU cores")
+    if Path("/proc/cpuinfo").is_file():
+        assert cpu_name() and cpu_name() in result["machine"]
 
 
 def _bench(*args: str, model: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
+from bench.machine import cpu_name
 from db import browse, reviews
 from db.migrate import upgrade
 from db.models import Image, Prediction, Review
@@ -174,13 +175,7 @@ SCENARIOS: dict[str, tuple[browse.BrowseFilter, browse.SortKey, int]] = {
 
 def machine() -> str:
     """CPU model and logical core count, for the record beside the figures."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_name() or platform.machine()
     return f"{model}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
 
 

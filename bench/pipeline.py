@@ -25,6 +25,7 @@ import numpy as np
 import psutil
 import torch
 
+from bench.machine import cpu_name
 from config import Settings
 from model.inference import Classifier
 from worker.broker import PrivateBroker
@@ -590,16 +591,3 @@ def table(result: dict[str, Any]) -> str:
             f"{row['ips']:.1f} img/s, p95 {row['p95_ms']:.0f} ms"
         )
     return "\n".join(lines)
-
-
-def cpu_name() -> str:
-    """The CPU's model name where the system says it ('' elsewhere): two VMs with the same core
-    count ran the same network 2.4× apart, so a figure names its CPU (docs/PERFORMANCE.md)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor()

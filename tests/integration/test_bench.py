@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.pipeline import cpu_name
+from bench.machine import cpu_name
 from tests.helpers import fracture_cli, fracture_env
 
 

@@ -35,8 +35,15 @@ def from_heat(
     floor: float = 0.05,
     max_boxes: int = MAX_BOXES,
     level: float = LEVEL,
+    stop_below: float | None = None,
 ) -> list[Box]:
-    """(G, G) probabilities over a size×size input → boxes in input pixels, best first."""
+    """(G, G) probabilities over a size×size input → boxes in input pixels, best first.
+
+    `stop_below`: after the first box, stop once no cell left reaches this score. Exact for a
+    caller that drops boxes scored below it: a later box's score is the highest of some of the
+    cells left, so it could not reach it either (the search costs an upsampling and a labelling
+    per box, about 1.4 ms an image at 320 px for five boxes).
+    """
     from scipy import ndimage
 
     side = max(heat.shape[0], size // UPSAMPLE)
@@ -62,6 +69,8 @@ def from_heat(
         top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
         boxes.append((left * cell, top * cell, (right - left) * cell, (bottom - top) * cell, score))
         remaining[cells] = 0.0
+        if stop_below is not None and float(remaining.max()) < stop_below:
+            break
     return boxes
 
 

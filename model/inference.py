@@ -469,7 +469,7 @@ class Classifier:
         for row, (item, result) in enumerate(zip(prepared, results, strict=True)):
             if result.verdict == "no_fracture":
                 continue
-            found = box_ops.from_heat(maps[row], size, floor=0.0)
+            found = box_ops.from_heat(maps[row], size, floor=0.0, stop_below=floor)
             kept = [b for b in found if b[4] >= floor] or found[:1]
             mapped = box_ops.to_original(
                 kept,

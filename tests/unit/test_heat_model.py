@@ -181,6 +181,28 @@ def test_from_heat_finds_separate_peaks_best_first() -> None:
     assert boxes.from_heat(heat, 64, floor=0.9) == []
 
 
+def test_from_heat_stopping_below_a_score_keeps_every_box_that_reaches_it() -> None:
+    """The worker's shortcut: boxes scored at or above the cut are the same with and without
+    it, and the search stops early on maps with few hot spots."""
+    rng = np.random.default_rng(3)
+    shortened = 0
+    for _ in range(40):
+        # One to four hot spots of different heights on a cold map, as the heat head gives.
+        ys, xs = np.mgrid[0:40, 0:40]
+        heat = np.zeros((40, 40), dtype=np.float32)
+        for _spot in range(rng.integers(1, 5)):
+            y, x, height = rng.uniform(0, 40), rng.uniform(0, 40), rng.uniform(0.1, 1.0)
+            heat = np.maximum(heat, height * np.exp(-((ys - y) ** 2 + (xs - x) ** 2) / 8.0))
+        cut = float(rng.uniform(0.2, 0.8))
+        full = boxes.from_heat(heat, 320, floor=0.0)
+        quick = boxes.from_heat(heat, 320, floor=0.0, stop_below=cut)
+        assert quick[0] == full[0]  # the best box is always found
+        assert [b for b in quick if b[4] >= cut] == [b for b in full if b[4] >= cut]
+        assert quick == full[: len(quick)]
+        shortened += len(quick) < len(full)
+    assert shortened > 20
+
+
 def test_augment_moves_outline_masks_with_the_image() -> None:
     config = TrainConfig(data=Path("."), out=Path("x.pt"), rot90=1.0, downscale=0.0)
     image = torch.zeros(1, 1, 74, 74)

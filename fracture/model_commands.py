@@ -338,9 +338,39 @@ def ensemble_command(
     )
 
 
+def soup_command(
+    models: Annotated[
+        list[Path],
+        typer.Option("--model", help="a checkpoint of the same network (give two or more)"),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="the averaged checkpoint to write")],
+    size: Annotated[
+        int | None,
+        typer.Option("--size", min=32, help="input side in pixels [the first model's]"),
+    ] = None,
+) -> None:
+    """Average the weights of fine-tunes of one network (a weight soup): one network's cost.
+
+    Refit its calibration afterwards with `fracture calibrate`.
+    """
+    from model import checkpoint as ckpt
+
+    setup_logging()
+    try:
+        soup = ckpt.average_weights([ckpt.load(path) for path in models], size=size)
+    except ckpt.CheckpointError as exc:
+        fail(str(exc))
+    ckpt.save(soup, out)
+    typer.echo(
+        f"wrote {out} ({soup.version}): the mean of {len(models)} networks' weights at "
+        f"{soup.preset.size} px; refit its calibration with `fracture calibrate` before use"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add `train`, `evaluate` and `calibrate` to the `fracture` command line."""
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
     app.command("calibrate")(calibrate_command)
     app.command("ensemble")(ensemble_command)
+    app.command("soup")(soup_command)

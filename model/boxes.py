@@ -42,7 +42,8 @@ def from_heat(
     `stop_below`: after the first box, stop once no cell left reaches this score. Exact for a
     caller that drops boxes scored below it: a later box's score is the highest of some of the
     cells left, so it could not reach it either (the search costs an upsampling and a labelling
-    per box: about 1.9 ms an image at 320 px for five boxes, 0.8 ms with the worker's cut).
+    per box: about 1.9 ms an image for five boxes on v2.3's 40×40 map, 0.8 ms with the worker's
+    cut).
     """
     from scipy import ndimage
 

@@ -6,7 +6,7 @@ import hashlib
 import io
 import json
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +245,57 @@ def combine(members: list[Checkpoint]) -> Checkpoint:
     )
     combined.version = combined.compute_version()
     return combined
+
+
+# arch_kwargs that `recalibrate` sets rather than the network's layout.
+CALIBRATION_KWARGS = frozenset({"score_heat_weight"})
+
+
+def average_weights(members: list[Checkpoint], *, size: int | None = None) -> Checkpoint:
+    """A "weight soup": one network whose weights are the mean of its members', for fine-tunes
+    of one trained network (same architecture, regions and heads; Wortsman et al., Model soups,
+    ICML 2022). Unlike `combine` it costs one network's work per image. `size` sets the input
+    side (default: the first member's). Its calibration is to be refitted (`recalibrate`)."""
+    if len(members) < 2:
+        raise CheckpointError("a weight average needs at least two checkpoints")
+    first = members[0]
+    if not all(member.heat for member in members):
+        raise CheckpointError("weights are averaged only for heat-head networks")
+
+    def layout(member: Checkpoint) -> tuple[Any, ...]:
+        network = {k: v for k, v in member.arch_kwargs.items() if k not in CALIBRATION_KWARGS}
+        return member.arch, member.regions, network, member.preset.letterbox
+
+    for other in members[1:]:
+        if layout(other) != layout(first):
+            raise CheckpointError(
+                "averaged networks must share architecture, regions, heads and letterboxing"
+            )
+        shapes = {name: tuple(value.shape) for name, value in other.state_dict.items()}
+        if shapes != {name: tuple(value.shape) for name, value in first.state_dict.items()}:
+            raise CheckpointError("averaged networks must have the same weights and shapes")
+
+    # Each stored fracture bias holds its calibration's prior offset (`extra["logit_offset"]`);
+    # the mean bias then holds the mean offset, which is what the soup records.
+    offsets = [float(member.extra.get("logit_offset", 0.0)) for member in members]
+    averaged = {
+        # Counters (batch norm's num_batches_tracked) are not weights: the first member's.
+        name: torch.stack([member.state_dict[name] for member in members]).mean(dim=0)
+        if value.is_floating_point()
+        else value
+        for name, value in first.state_dict.items()
+    }
+    soup = replace(
+        first,
+        state_dict=averaged,
+        preset=replace(first.preset, size=size or first.preset.size),
+        arch_kwargs=layout(first)[2],
+        extra={
+            "averaged": [m.version for m in members],
+            "member_recipes": [m.extra.get("recipe") for m in members],
+            "logit_offset": sum(offsets) / len(offsets),
+        },
+        version="",
+    )
+    soup.version = soup.compute_version()
+    return soup

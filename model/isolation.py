@@ -3,7 +3,7 @@ an abort in a C library fed a hostile file) costs that one file, not the worker.
 
 The children read and verify each file themselves and send back only its resized grey image,
 so the parent never holds a batch's file bytes or decoded pixels (a 3,000 px 12-bit DICOM file
-is 14 MB; its grey image at 320 px, 0.4 MB; the parent makes the three normalised channels).
+is 14 MB; its grey image at 352 px, 0.5 MB; the parent makes the three normalised channels).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def decode_job(job: DecodeJob) -> Decoded:
 
 def ready_job(job: DecodeJob) -> Ready:
     """Decode one file and resize it for the network (in a child process, or in a thread): only
-    the grey image (0.4 MB at 320 px) travels back, not the decoded pixels (7 MB for a 3,000 px
+    the grey image (0.5 MB at 352 px) travels back, not the decoded pixels (7 MB for a 3,000 px
     radiograph reduced by 2)."""
     decoded = decode_job(job)
     grey = resize_array(job.preset, decoded.pixels)

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
+from fracture.cli import app
 from model import architectures, boxes, operating
 from model import checkpoint as ckpt
 from model.decode import decode
@@ -300,6 +302,60 @@ def test_ensemble_scores_the_mean_of_its_members(tmp_path: Path) -> None:
     assert torch.allclose(onnx.all_logits(batch), both.all_logits(batch), atol=1e-4)
     with pytest.raises(ckpt.CheckpointError, match="share"):
         ckpt.combine([first, dataclasses.replace(second, regions=("hand",))])
+
+
+def test_a_weight_soup_is_one_network_with_the_mean_weights(tmp_path: Path) -> None:
+    first = dataclasses.replace(
+        _heat_checkpoint(),
+        arch_kwargs={"score_heat_weight": 1.0},
+        extra={"logit_offset": -1.5},
+    )
+    torch.manual_seed(1)
+    net = architectures.build("efficientnet_lite0", regions=2, heat=True).eval()
+    second = dataclasses.replace(
+        first,
+        state_dict={k: v.clone() for k, v in net.state_dict().items()},
+        arch_kwargs={},
+        extra={"logit_offset": -0.5},
+    )
+    first_path, second_path = (
+        ckpt.save(first, tmp_path / "a.pt"),
+        ckpt.save(second, tmp_path / "b.pt"),
+    )
+    out = tmp_path / "soup.pt"
+    result = CliRunner().invoke(
+        app,
+        [
+            "soup",
+            "--model",
+            str(first_path),
+            "--model",
+            str(second_path),
+            "--size",
+            "96",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    soup = ckpt.load(out)
+    assert soup.preset.size == 96 and soup.preset.letterbox == first.preset.letterbox
+    assert soup.arch_kwargs == {}  # the heat weight in the score is calibration: refitted
+    assert soup.extra["averaged"] == [first.version, second.version]
+    assert soup.extra["logit_offset"] == pytest.approx(-1.0)
+    for name, value in soup.state_dict.items():
+        if value.is_floating_point():
+            mean = (first.state_dict[name] + second.state_dict[name]) / 2
+            assert torch.allclose(value, mean, atol=1e-6), name
+    # One network's outputs, not two: the soup runs as a plain checkpoint of the same layout.
+    batch = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    assert Classifier(soup, device="cpu", runtime="torch").all_logits(batch).shape[0] == 1
+    with pytest.raises(ckpt.CheckpointError, match="share"):
+        ckpt.average_weights([first, dataclasses.replace(second, regions=("hand",))])
+    with pytest.raises(ckpt.CheckpointError, match="heat-head"):
+        ckpt.average_weights([first, dataclasses.replace(second, heat=False)])
+    refused = CliRunner().invoke(app, ["soup", "--model", str(first_path), "--out", str(out)])
+    assert refused.exit_code != 0 and "at least two" in refused.output
 
 
 def test_a_stride_8_heat_map_has_twice_the_cells_and_survives_a_round_trip(tmp_path: Path) -> None:

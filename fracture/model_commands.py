@@ -368,7 +368,7 @@ def soup_command(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `train`, `evaluate` and `calibrate` to the `fracture` command line."""
+    """Add `train`, `evaluate`, `calibrate`, `ensemble` and `soup` to the command line."""
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
     app.command("calibrate")(calibrate_command)

@@ -266,13 +266,16 @@ def average_weights(members: list[Checkpoint], *, size: int | None = None) -> Ch
         network = {k: v for k, v in member.arch_kwargs.items() if k not in CALIBRATION_KWARGS}
         return member.arch, member.regions, network, member.preset.letterbox
 
+    def shapes(member: Checkpoint) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(value.shape) for name, value in member.state_dict.items()}
+
+    expected_layout, expected_shapes = layout(first), shapes(first)
     for other in members[1:]:
-        if layout(other) != layout(first):
+        if layout(other) != expected_layout:
             raise CheckpointError(
                 "averaged networks must share architecture, regions, heads and letterboxing"
             )
-        shapes = {name: tuple(value.shape) for name, value in other.state_dict.items()}
-        if shapes != {name: tuple(value.shape) for name, value in first.state_dict.items()}:
+        if shapes(other) != expected_shapes:
             raise CheckpointError("averaged networks must have the same weights and shapes")
 
     # Each stored fracture bias holds its calibration's prior offset (`extra["logit_offset"]`);
@@ -289,7 +292,7 @@ def average_weights(members: list[Checkpoint], *, size: int | None = None) -> Ch
         first,
         state_dict=averaged,
         preset=replace(first.preset, size=size or first.preset.size),
-        arch_kwargs=layout(first)[2],
+        arch_kwargs=expected_layout[2],
         extra={
             "averaged": [m.version for m in members],
             "member_recipes": [m.extra.get("recipe") for m in members],

@@ -347,7 +347,9 @@ def test_a_weight_soup_is_one_network_with_the_mean_weights(tmp_path: Path) -> N
         if value.is_floating_point():
             mean = (first.state_dict[name] + second.state_dict[name]) / 2
             assert torch.allclose(value, mean, atol=1e-6), name
-    # One network's outputs, not two: the soup runs as a plain checkpoint of the same layout.
+    # One network, not an ensemble of two: no member weights, and it runs as a plain checkpoint.
+    assert not any(name.startswith("members.") for name in soup.state_dict)
+    assert "members" not in soup.arch_kwargs
     batch = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(2))
     assert Classifier(soup, device="cpu", runtime="torch").all_logits(batch).shape[0] == 1
     with pytest.raises(ckpt.CheckpointError, match="share"):

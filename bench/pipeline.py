@@ -27,6 +27,7 @@ import torch
 
 from bench.machine import cpu_name
 from config import Settings
+from fracture.supervisor import threads_env
 from model.inference import Classifier
 from worker.broker import PrivateBroker
 
@@ -196,7 +197,7 @@ class PipelineRun:
 
 @dataclass
 class _Sampler:
-    process: psutil.Process
+    processes: list[psutil.Process]  # the workers: their RSS and their children's, summed
     peak_rss: int = 0
     cpu: list[float] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -205,8 +206,10 @@ class _Sampler:
         psutil.cpu_percent(None)
         while not self._stop.wait(0.2):
             try:
-                rss = self.process.memory_info().rss + sum(
-                    c.memory_info().rss for c in self.process.children(recursive=True)
+                rss = sum(
+                    p.memory_info().rss
+                    + sum(c.memory_info().rss for c in p.children(recursive=True))
+                    for p in self.processes
                 )
             except psutil.Error:
                 continue
@@ -234,13 +237,18 @@ class Pipeline:
             FRACTURE_LOG_LEVEL="INFO",
         )
         env.update({f"FRACTURE_{k.upper()}": str(v) for k, v in settings.items()})
+        count = int(settings.get("workers", 1))
+        env.update(threads_env(Settings(workers=count)))  # each one's share, as `fracture up`
         self.env = env
         self.database_url = f"sqlite:///{self.data / 'fracture.db'}"
         cli = [sys.executable, "-m", "fracture"]
         self.logs = (root / "worker.log").open("wb"), (root / "watcher.log").open("wb")
-        self.worker = subprocess.Popen(
-            [*cli, "worker"], env=env, stdout=self.logs[0], stderr=subprocess.STDOUT
-        )
+        self.workers = [
+            subprocess.Popen(
+                [*cli, "worker"], env=env, stdout=self.logs[0], stderr=subprocess.STDOUT
+            )
+            for _ in range(count)
+        ]
         self.watcher = subprocess.Popen(
             [*cli, "watch"], env=env, stdout=self.logs[1], stderr=subprocess.STDOUT
         )
@@ -250,8 +258,8 @@ class Pipeline:
 
         app = make_celery(Settings(), self.broker.url)
         deadline = time.monotonic() + 300
-        while not client.live_workers(app, timeout=1.0):
-            if time.monotonic() > deadline or self.worker.poll() is not None:
+        while len(client.live_workers(app, timeout=1.0)) < count:
+            if time.monotonic() > deadline or any(w.poll() is not None for w in self.workers):
                 self.close()
                 tail = (root / "worker.log").read_text(errors="replace")[-1500:]
                 raise RuntimeError(f"the worker did not start:\n{tail}")
@@ -295,7 +303,7 @@ class Pipeline:
             target = staging / path.name
             shutil.copyfile(path, target)
             staged.append(target)
-        sampler = _Sampler(psutil.Process(self.worker.pid))
+        sampler = _Sampler([psutil.Process(worker.pid) for worker in self.workers])
         thread = threading.Thread(target=sampler.run, daemon=True)
         thread.start()
         arrivals: dict[str, float] = {}
@@ -329,10 +337,10 @@ class Pipeline:
         )
 
     def close(self) -> None:
-        for process in (self.watcher, self.worker):
+        for process in (self.watcher, *self.workers):
             if process.poll() is None:
                 process.terminate()
-        for process in (self.watcher, self.worker):
+        for process in (self.watcher, *self.workers):
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -370,6 +378,7 @@ def run(
     sweep: bool,
     plot: Path | None,
     realistic: tuple[str, ...] = (),
+    workers: int = 1,
 ) -> dict[str, Any]:
     """`realistic`: instead of `images`, hospital-size files in these formats made from the
     samples (`bench.realistic`), plus a pipeline run on as many small sample JPEGs in the same
@@ -410,6 +419,7 @@ def run(
             "batch_interval_ms": batch_interval_ms,
             "heatmaps": heatmaps,
             "runtime": runtime,
+            "workers": workers,
         }
         bulk = run_pipeline(model, device, files, **common)
         small = None
@@ -432,6 +442,7 @@ def run(
                 if part
             ),
             "n": n,
+            "workers": workers,
             "batch_size": batch_size,
             "batch_interval_ms": batch_interval_ms,
             "heatmaps": heatmaps,
@@ -550,7 +561,8 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         f"device {result['device']} ({result['machine']}), runtime {result['runtime']}, "
         f"model {result['model_version']}{' with flip TTA' if result['flip_tta'] else ''}, "
-        f"{result['n']} images, batch {result['batch_size']}, heatmaps {result['heatmaps']}",
+        f"{result['n']} images, batch {result['batch_size']}, heatmaps {result['heatmaps']}"
+        + (f", {result['workers']} workers" if result.get("workers", 1) > 1 else ""),
         f"{'input':<28}{result['input_set']}, {result['input_mb_mean']:.2f} MB a file on average"
         + (f" ({result['input_formats']})" if "input_formats" in result else ""),
         f"{'limit (forward only)':<28}{result['limit_ips']:>10.1f} img/s   "
@@ -569,7 +581,8 @@ def table(result: dict[str, Any]) -> str:
         ),
         f"{'arrival→stored':<28}p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms, "
         f"p99 {result['p99_ms']:.0f} ms (bulk drop)",
-        f"{'worker peak RSS':<28}{result['worker_rss_mb']:>10.0f} MB, "
+        f"{'worker peak RSS' + (' (all)' if result.get('workers', 1) > 1 else ''):<28}"
+        f"{result['worker_rss_mb']:>10.0f} MB, "
         f"machine CPU {result['cpu_percent']:.0f}%",
     ]
     if "small_jpeg_pipeline_ips" in result:

@@ -105,6 +105,15 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="tries before an image is failed; a retried image runs alone"
     )
+    workers: int = Field(
+        1, ge=1, description="worker processes `fracture up` starts, each with its own model"
+    )
+    worker_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads one worker's network uses; default: every core, or an equal "
+        "share of them for each of `fracture up`'s FRACTURE_WORKERS",
+    )
     decode_isolation: Literal["process", "thread"] = Field(
         "process",
         description="worker decoding in child processes (a decoder crash costs one image) "

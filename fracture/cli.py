@@ -481,6 +481,10 @@ def bench(
     ] = None,
     model: ModelOpt = None,
     batch_size: Annotated[int | None, typer.Option(help="[FRACTURE_BATCH_SIZE]")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="worker processes, as `fracture up` starts [FRACTURE_WORKERS]"),
+    ] = None,
     heatmaps: Annotated[
         str | None, typer.Option(help="positive | all | none [FRACTURE_HEATMAPS]")
     ] = None,
@@ -500,7 +504,12 @@ def bench(
     from bench import pipeline as benchmark
 
     settings = build_settings(
-        model_path=model, device=device, runtime=runtime, batch_size=batch_size, heatmaps=heatmaps
+        model_path=model,
+        device=device,
+        runtime=runtime,
+        batch_size=batch_size,
+        heatmaps=heatmaps,
+        workers=workers,
     )
     setup_logging("WARNING")
     if images is not None and not images.is_dir():
@@ -544,6 +553,7 @@ def bench(
             sweep=sweep,
             plot=plot if sweep else None,
             realistic=mix,
+            workers=settings.workers,
         )
     except (ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from exc

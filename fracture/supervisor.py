@@ -100,7 +100,10 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
     ready_dir = Path(tempfile.mkdtemp(prefix="fracture-up-"))
     worker_ready = ready_dir / "worker"
     commands = {
-        "worker": [*cli, "worker", "--ready-file", str(worker_ready)],
+        **{
+            name: [*cli, "worker", *(["--ready-file", str(worker_ready)] if index == 0 else [])]
+            for index, name in enumerate(worker_names(settings))
+        },
         "watcher": [*cli, "watch"],
     }
     if settings.dicom_port is not None:
@@ -124,8 +127,15 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
     signal.signal(signal.SIGTERM, _request_stop)
 
     restarts = Restarts(settings.restart_limit, settings.restart_window_s)
+    workers = worker_names(settings)
+    shares = threads_env(settings)
     children = {
-        name: Child(name, command, quiet=name in quiet, env=metrics_env(settings, name))
+        name: Child(
+            name,
+            command,
+            quiet=name in quiet,
+            env={**metrics_env(settings, name), **(shares if name in workers else {})},
+        )
         for name, command in commands.items()
     }
     status = 0
@@ -169,11 +179,27 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
     return status
 
 
+def worker_names(settings: Settings) -> list[str]:
+    """`worker`, then `worker-2`, `worker-3`, … up to FRACTURE_WORKERS."""
+    return ["worker", *(f"worker-{number}" for number in range(2, settings.workers + 1))]
+
+
+def threads_env(settings: Settings) -> dict[str, str]:
+    """With more than one worker, each one's equal share of this machine's cores (unless
+    FRACTURE_WORKER_THREADS says otherwise): two single-threaded workers on 2 cores kept both
+    busy where one worker left one idle after each batch's network (docs/PERFORMANCE.md)."""
+    if settings.workers == 1 or settings.worker_threads:
+        return {}
+    cores = len(os.sched_getaffinity(0))
+    return {"FRACTURE_WORKER_THREADS": str(max(1, cores // settings.workers))}
+
+
 def metrics_env(settings: Settings, name: str) -> dict[str, str]:
     """A child's own metrics port (FRACTURE_METRICS_PORT plus its offset), or none for it."""
-    if name not in metrics.PORT_OFFSETS:
+    try:
+        port = metrics.child_port(settings, name)
+    except KeyError:
         return {"FRACTURE_METRICS_PORT": "0"}
-    port = metrics.child_port(settings, name)
     return {"FRACTURE_METRICS_PORT": str(port or 0)}
 
 

@@ -177,10 +177,23 @@ def observe_queue(
 
 
 def child_port(settings: Settings, service: str) -> int | None:
-    """The metrics port `fracture up` gives one of its children; None when metrics are off."""
+    """The metrics port `fracture up` gives one of its children; None when metrics are off;
+    KeyError for a name it does not start."""
+    offset = port_offset(service)
     if settings.metrics_port is None:
         return None
-    return settings.metrics_port + PORT_OFFSETS[service]
+    return settings.metrics_port + offset
+
+
+def port_offset(service: str) -> int:
+    """A child's offset from FRACTURE_METRICS_PORT: the fixed ones, then `fracture up`'s further
+    workers (`worker-2` the next port after the last fixed one, `worker-3` the one after)."""
+    if service in PORT_OFFSETS:
+        return PORT_OFFSETS[service]
+    prefix, _, number = service.partition("-")
+    if prefix == "worker" and number.isdigit() and int(number) >= 2:
+        return len(PORT_OFFSETS) + int(number) - 2
+    raise KeyError(service)
 
 
 def serve(settings: Settings, service: str) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+import torch
 from celery.exceptions import SecurityWarning
 from celery.signals import heartbeat_sent, worker_ready
 from sqlalchemy.orm import Session, sessionmaker
@@ -63,6 +64,13 @@ def build_processor(
     )
 
 
+def use_threads(settings: Settings) -> None:
+    """FRACTURE_WORKER_THREADS, when set, as this process's CPU threads; call it before the
+    model loads: ONNX Runtime's lanes and their threads follow torch's count."""
+    if settings.worker_threads:
+        torch.set_num_threads(settings.worker_threads)
+
+
 def run_worker(
     settings: Settings, broker_url: str, *, name: str | None = None, ready_file: Path | None = None
 ) -> None:
@@ -76,6 +84,7 @@ def run_worker(
     hostname = name or (
         f"fracture-worker-{os.getpid()}-{secrets.token_hex(3)}@{socket.gethostname()}"
     )
+    use_threads(settings)
     processor = cache(lambda: build_processor(settings, worker=hostname))
     processor()  # load now: fail at start-up, not on the first image
     metrics.serve(settings, "worker")

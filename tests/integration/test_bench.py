@@ -165,3 +165,20 @@ def test_realistic_dicom_scores_as_at_full_resolution_with_the_shipped_model() -
     finally:
         classifier.close()
     assert max(worst.values()) <= 0.005, worst
+
+
+def test_bench_with_two_workers_runs_both_and_says_so(tiny_model: Path, tmp_path: Path) -> None:
+    completed = _bench(
+        "--json",
+        "--n",
+        "16",
+        "--trickle",
+        "0",
+        "--workers",
+        "2",
+        model=tiny_model,
+        data_dir=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["workers"] == 2 and result["n"] == 16 and result["pipeline_ips"] > 0

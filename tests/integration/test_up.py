@@ -34,6 +34,9 @@ def _start(
     return process, log
 
 
+FRACTURE_WORKER = ["-m", "fracture", "worker"]
+
+
 def _descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
@@ -100,6 +103,29 @@ def test_up_processes_a_drop_and_stops_cleanly_on_sigterm(tmp_path: Path, tiny_m
     assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == [], [p.cmdline() for p in alive]
+
+
+def test_up_with_two_workers_runs_both_on_a_share_of_the_cores(tmp_path: Path, tiny_model: Path):
+    import os
+
+    from sqlalchemy import create_engine, select
+
+    from db.models import Worker
+
+    process, log = _start(tmp_path, tiny_model, workers=2)
+    workers = [p for p in _descendants(process.pid) if p.cmdline()[1:4] == FRACTURE_WORKER]
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert len(workers) == 2, [p.cmdline() for p in workers]
+    assert [p.environ().get("FRACTURE_WORKER_THREADS") for p in workers] == [share, share]
+    make_distinct_images(tmp_path / "inbox", 6)
+    assert wait_for(lambda: _all_done(tmp_path, 6), timeout=90, interval=1), log.read_text()[-3000:]
+    engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'fracture.db'}")
+    with engine.connect() as connection:
+        names = connection.scalars(select(Worker.name)).all()
+    engine.dispose()
+    assert len(names) == 2, names  # both consume: each says it is alive
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL])

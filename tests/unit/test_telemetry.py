@@ -213,6 +213,12 @@ def test_metrics_port_zero_means_off_and_up_gives_its_children_the_next_ports() 
         "dicom": 9467,
         "dashboard": 9468,
     }
+    # `fracture up` with FRACTURE_WORKERS=3: the further workers take the ports after those.
+    assert metrics.child_port(base, "worker-2") == 9469
+    assert metrics.child_port(base, "worker-3") == 9470
+    for unknown in ("worker-1", "worker-x", "browser"):
+        with pytest.raises(KeyError):
+            metrics.child_port(base, unknown)
     assert metrics.child_port(Settings(), "worker") is None
     with pytest.raises(UserError, match="FRACTURE_METRICS_PORT"):
         build_settings(metrics_port=70000)

@@ -99,10 +99,11 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
     # The worker creates this file once it consumes: only then does `up` say it is ready.
     ready_dir = Path(tempfile.mkdtemp(prefix="fracture-up-"))
     worker_ready = ready_dir / "worker"
+    workers = worker_names(settings)
     commands = {
         **{
             name: [*cli, "worker", *(["--ready-file", str(worker_ready)] if index == 0 else [])]
-            for index, name in enumerate(worker_names(settings))
+            for index, name in enumerate(workers)
         },
         "watcher": [*cli, "watch"],
     }
@@ -127,7 +128,6 @@ def run_all(settings: Settings, *, with_dashboard: bool = True) -> int:
     signal.signal(signal.SIGTERM, _request_stop)
 
     restarts = Restarts(settings.restart_limit, settings.restart_window_s)
-    workers = worker_names(settings)
     shares = threads_env(settings)
     children = {
         name: Child(

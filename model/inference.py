@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +19,16 @@ from PIL import Image
 from model import checkpoint as ckpt
 from model import onnx_engine, optimise
 from model.decode import DEFAULT_MAX_PIXELS, Decoded, DecodeError, decode
-from model.isolation import DecodeJob, IsolatedDecoder, Ready, StoredFile, ready_job
+from model.isolation import (
+    DecodeJob,
+    IsolatedDecoder,
+    Ready,
+    SharedGreys,
+    StoredFile,
+    ready_job,
+)
 from model.onnx_engine import OnnxNetwork
-from model.preprocess import normalise_array
+from model.preprocess import normalise_batch
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +139,12 @@ class Classifier:
         self.decode_threads = max(1, decode_threads)
         self._pool = ThreadPoolExecutor(max_workers=self.decode_threads)
         self.isolated: IsolatedDecoder[Ready] | None = None
+        self._greys: SharedGreys | None = None
+        self._greys_lock = threading.Lock()
         if isolation == "process":
             self.isolated = IsolatedDecoder(self.decode_threads, decode_fn=ready_job)
+            if SharedGreys.available():
+                self._greys = SharedGreys(self.preset.size)
 
     def _onnx_network(self, runtime: str, lanes: int) -> OnnxNetwork | None:
         """ONNX Runtime on the CPU where it can run this network (`auto`), always (`onnx`,
@@ -206,38 +218,46 @@ class Classifier:
 
     def prepare_files(self, files: Sequence[StoredFile]) -> list[Prepared | DecodeError]:
         """Read, verify and decode stored files — in child processes when isolated — keeping
-        only each one's network input (made here from the grey image that comes back): neither
-        its bytes nor its decoded pixels outlive the call."""
-        jobs = [
-            DecodeJob(
-                str(path),
-                sha256,
-                self.preset,
-                self.max_pixels,
-                max_bytes=self.max_file_bytes,
-                patient_salt=self.patient_salt,
-                signature=signature,
+        only each one's network input (made here from the grey image that the children write
+        to shared memory or send back): neither its bytes nor its decoded pixels outlive the
+        call."""
+        with self._greys_lock:
+            shared = self._greys if self.isolated is not None else None
+            slots = shared.slots(len(files)) if shared is not None else []
+            jobs = [
+                DecodeJob(
+                    str(path),
+                    sha256,
+                    self.preset,
+                    self.max_pixels,
+                    max_bytes=self.max_file_bytes,
+                    patient_salt=self.patient_salt,
+                    signature=signature,
+                    slot=slots[index] if slots else None,
+                )
+                for index, (path, sha256, signature) in enumerate(files)
+            ]
+
+            def one(job: DecodeJob) -> Ready | DecodeError:
+                try:
+                    return ready_job(job)
+                except DecodeError as exc:
+                    return exc
+
+            ready = (
+                list(self._pool.map(one, jobs))
+                if self.isolated is None
+                else self.isolated.decode_many(jobs)
             )
-            for path, sha256, signature in files
-        ]
-
-        def one(job: DecodeJob) -> Ready | DecodeError:
-            try:
-                return ready_job(job)
-            except DecodeError as exc:
-                return exc
-
-        ready = (
-            list(self._pool.map(one, jobs))
-            if self.isolated is None
-            else self.isolated.decode_many(jobs)
-        )
+            # The inputs of the files that decoded are the consecutive rows of one batch,
+            # which `predict_prepared` then runs as it is, without stacking copies of them.
+            decoded = [r for r in ready if not isinstance(r, DecodeError)]
+            greys = [
+                r.grey if shared is None or r.slot is None else shared.row(r.slot) for r in decoded
+            ]
+            rows = iter(torch.from_numpy(normalise_batch(self.preset, greys)))
         return [
-            r
-            if isinstance(r, DecodeError)
-            else Prepared(
-                torch.from_numpy(normalise_array(self.preset, r.grey)), r.decoded, r.pixels_shape
-            )
+            r if isinstance(r, DecodeError) else Prepared(next(rows), r.decoded, r.pixels_shape)
             for r in ready
         ]
 
@@ -461,7 +481,7 @@ class Classifier:
 
         if not prepared:
             return [], {}
-        batch = torch.stack([p.tensor for p in prepared])
+        batch = batched([p.tensor for p in prepared])
         if not self.checkpoint.heat:
             return self.predict_explained(batch, explain)
         results, maps = self._heat_explained(batch, "all")
@@ -530,6 +550,8 @@ class Classifier:
             self._lane_pool.shutdown(wait=False)
         if self.isolated is not None:
             self.isolated.close()
+        if self._greys is not None:
+            self._greys.close()
 
     def heatmaps(self, prepared: Sequence[Prepared]) -> list[np.ndarray]:
         """Grad-CAM overlays (RGB uint8, at the decoded image's size) for prepared inputs."""
@@ -541,6 +563,27 @@ class Classifier:
             raise ValueError("overlays need the decoded pixels: use prepare(), not prepare_files()")
         _, maps = self.predict_prepared(prepared, "all")
         return [explain.overlay(p.decoded.pixels, maps[i]) for i, p in enumerate(prepared)]
+
+
+def batched(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(N, 3, size, size) from N inputs: the batch they are consecutive rows of, when they are
+    (`Classifier.prepare_files` makes them so), else a stacked copy. Stacking 32 inputs at 352 px
+    costs tens of milliseconds a batch on the worker's main thread (docs/PERFORMANCE.md)."""
+    first, base = inputs[0], inputs[0]._base
+    if base is not None and base.dim() == 4 and base.is_contiguous():
+        row_bytes = base.stride(0) * base.element_size()
+        start, offset = divmod(first.data_ptr() - base.data_ptr(), row_bytes)
+        rows = base[start : start + len(inputs)]
+        if (
+            offset == 0
+            and len(rows) == len(inputs)
+            and all(
+                tensor.shape == row.shape and tensor.data_ptr() == row.data_ptr()
+                for tensor, row in zip(inputs, rows, strict=True)
+            )
+        ):
+            return rows
+    return torch.stack(list(inputs))
 
 
 def _view(batch: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Decoding in child processes, so that a decoder which crashes the interpreter (a segfault or
 an abort in a C library fed a hostile file) costs that one file, not the worker.
 
-The children read and verify each file themselves and send back only its resized grey image,
-so the parent never holds a batch's file bytes or decoded pixels (a 3,000 px 12-bit DICOM file
-is 14 MB; its grey image at 352 px, 0.5 MB; the parent makes the three normalised channels).
+The children read and verify each file themselves and hand back only its resized grey image,
+written to memory shared with the parent (`SharedGreys`), so the parent never holds a batch's
+file bytes or decoded pixels (a 3,000 px 12-bit DICOM file is 14 MB; its grey image at 352 px,
+0.5 MB; the parent makes the three normalised channels of the batch from those rows).
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ CRASHED = "the decoder crashed on this file (its process died); it was not retri
 RELEASED = np.empty((0, 0), dtype=np.float32)
 
 
+class Slot(NamedTuple):
+    """Where a decoding child writes one grey image instead of sending it back: row `row` of
+    the parent's `SharedGreys` file at `path`, generation `generation` (a path can name a later
+    file once the parent has replaced one), rows of (1, `side`, `side`) float32."""
+
+    path: str
+    generation: int
+    row: int
+    side: int
+
+
 @dataclass(frozen=True)
 class DecodeJob:
     """One stored file to decode: its path, the sha256 it was registered with, the preset whose
@@ -46,6 +58,7 @@ class DecodeJob:
     max_bytes: int | None = None
     patient_salt: str | None = None
     signature: str | None = None  # `files.settled_signature` when it was hashed: see `read_file`
+    slot: Slot | None = None  # where to write the grey image (None: send it back)
 
 
 class StoredFile(NamedTuple):
@@ -65,11 +78,13 @@ class Ready:
 
     The grey image is a third of the network input's bytes, which are identical channels once
     normalised: sending it rather than the input cut the round trip through the decoding
-    children from about 41 to 29 ms per batch of 16 small JPEGs (docs/PERFORMANCE.md)."""
+    children from about 41 to 29 ms per batch of 16 small JPEGs; writing it to a shared row
+    (`slot`) instead of sending it saves most of the rest (docs/PERFORMANCE.md)."""
 
-    grey: np.ndarray  # (1, size, size) float32 in [0, 1]
+    grey: np.ndarray  # (1, size, size) float32 in [0, 1]; empty when written to `slot`
     decoded: Decoded
     pixels_shape: tuple[int, int]
+    slot: int | None = None  # the `SharedGreys` row holding the grey image
 
 
 def decode_job(job: DecodeJob) -> Decoded:
@@ -87,7 +102,76 @@ def ready_job(job: DecodeJob) -> Ready:
     decoded = decode_job(job)
     grey = resize_array(job.preset, decoded.pixels)
     height, width = decoded.pixels.shape
-    return Ready(grey, replace(decoded, pixels=RELEASED), (height, width))
+    released = replace(decoded, pixels=RELEASED)
+    if job.slot is None:
+        return Ready(grey, released, (height, width))
+    try:
+        _shared_rows(job.slot)[job.slot.row] = grey
+    except (OSError, ValueError):  # the parent's rows cannot be mapped here: send it back
+        return Ready(grey, released, (height, width))
+    return Ready(IN_SLOT, released, (height, width), slot=job.slot.row)
+
+
+IN_SLOT = np.empty((0, 0, 0), dtype=np.float32)  # `Ready.grey` when the image is in its slot
+_opened: dict[tuple[str, int], np.ndarray] = {}  # in a child: the parent's rows, once mapped
+
+
+def _shared_rows(slot: Slot) -> np.ndarray:
+    """The parent's shared rows, mapped once per child and file."""
+    key = (slot.path, slot.generation)
+    rows = _opened.get(key)
+    if rows is None:
+        _opened.clear()  # the parent has replaced its file: the old one is not written again
+        mapped = np.memmap(slot.path, dtype=np.float32, mode="r+")
+        rows = _opened[key] = mapped.reshape(-1, 1, slot.side, slot.side)
+    return rows
+
+
+class SharedGreys:
+    """Rows of memory shared with the decoding children, one per file of a call, which they
+    write each grey image into instead of sending it back through the pool's pipe: 0.5 MB an
+    image at 352 px, about 40 ms a batch of 32 on the 2-core VM (docs/PERFORMANCE.md).
+
+    An anonymous file (`memfd_create`) that the children open through /proc: it has no name to
+    clean up after a worker that dies, and goes when the last process holding it does. The
+    rows are read once the call's jobs are all back, so one call uses them at a time.
+    """
+
+    def __init__(self, side: int) -> None:
+        self.side = side
+        self.generation = 0
+        self.capacity = 0
+        self._fd: int | None = None
+        self._rows: np.ndarray | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return hasattr(os, "memfd_create") and Path(f"/proc/{os.getpid()}/fd").is_dir()
+
+    def slots(self, count: int) -> list[Slot]:
+        """A slot for each of `count` files, the file grown to hold them when it is smaller."""
+        if count > self.capacity:
+            self._replace(count)
+        path = f"/proc/{os.getpid()}/fd/{self._fd}"
+        return [Slot(path, self.generation, row, self.side) for row in range(count)]
+
+    def row(self, index: int) -> np.ndarray:
+        assert self._rows is not None
+        return self._rows[index]
+
+    def _replace(self, capacity: int) -> None:
+        fd = os.memfd_create("fracture-greys", os.MFD_CLOEXEC)
+        os.ftruncate(fd, capacity * self.side * self.side * 4)
+        self.close()
+        self._fd, self.capacity, self.generation = fd, capacity, self.generation + 1
+        mapped = np.memmap(f"/proc/{os.getpid()}/fd/{fd}", dtype=np.float32, mode="r+")
+        self._rows = mapped.reshape(capacity, 1, self.side, self.side)
+
+    def close(self) -> None:
+        self._rows = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd, self.capacity = None, 0
 
 
 T = TypeVar("T")

@@ -5,6 +5,7 @@ Its parameters travel in the checkpoint, so training, worker, CLI and dashboard 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +118,25 @@ def network_input(preset: Preset, pixels: np.ndarray) -> np.ndarray:
 def normalise_array(preset: Preset, grey: np.ndarray) -> np.ndarray:
     """(1, size, size) in [0, 1] → (3, size, size) float32 normalised with the preset's mean
     and std: the second half of `network_input`, the same arithmetic."""
+    mean, std = _mean_std(preset)
+    return (grey - mean) / std
+
+
+def normalise_batch(preset: Preset, greys: Sequence[np.ndarray]) -> np.ndarray:
+    """N (1, size, size) grey images → one (N, 3, size, size) float32 array, each row what
+    `normalise_array` gives (the same two float32 operations, written in place).
+
+    One allocation for the batch and no temporaries: for 32 inputs at 352 px this took 9–14 ms
+    against 65–68 ms for 32 `normalise_array` results stacked (docs/PERFORMANCE.md)."""
+    mean, std = _mean_std(preset)
+    batch = np.empty((len(greys), 3, preset.size, preset.size), dtype=np.float32)
+    for row, grey in zip(batch, greys, strict=True):
+        np.subtract(grey, mean, out=row)
+        np.divide(row, std, out=row)
+    return batch
+
+
+def _mean_std(preset: Preset) -> tuple[np.ndarray, np.ndarray]:
     mean = np.asarray(preset.mean, dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(preset.std, dtype=np.float32).reshape(3, 1, 1)
-    return (grey - mean) / std
+    return mean, std

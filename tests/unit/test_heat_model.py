@@ -265,6 +265,28 @@ def test_stored_map_of_a_letterboxed_image_covers_the_image_only() -> None:
     assert width / height == pytest.approx(300 / 120, rel=0.1)
 
 
+@pytest.mark.parametrize("shape", [(454, 373), (373, 454), (300, 120), (120, 300), (352, 352)])
+def test_the_trimmed_map_is_the_image_s_part_of_the_map_over_the_input(
+    shape: tuple[int, int],
+) -> None:
+    """The stored map equals the map stretched over the input, cropped to the image and shrunk
+    to the stored size (the earlier two-step resampling), within 0.02 on a 0–1 map."""
+    preset = Preset(size=352, letterbox=True)
+    grid = np.linspace(0.0, 4.0, 44, dtype=np.float32)
+    heat = np.clip(np.sin(grid)[:, None] * np.cos(grid * 1.7)[None, :], 0.0, 1.0)
+    scale_x, scale_y, left, top = preset.geometry(*shape)
+    inner_w, inner_h = max(1, round(shape[1] * scale_x)), max(1, round(shape[0] * scale_y))
+    full = boxes._resized(heat, (352, 352))
+    crop = full[int(top) : int(top) + inner_h, int(left) : int(left) + inner_w]
+
+    trimmed = boxes.trim_map(heat, preset, shape)
+
+    expected = boxes._resized(crop, (trimmed.shape[1], trimmed.shape[0])).clip(0.0, 1.0)
+    assert max(trimmed.shape) == boxes.UPSAMPLE * 44
+    assert trimmed.shape[1] / trimmed.shape[0] == pytest.approx(inner_w / inner_h, rel=0.02)
+    assert np.abs(trimmed - expected).max() < 0.02
+
+
 def test_turn_tta_answers_do_not_depend_on_quarter_turns() -> None:
     """With quarter-turn and flip TTA the probability of an image turned by 90° is the same,
     and its heat map is the turned map."""

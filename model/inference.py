@@ -262,11 +262,12 @@ class Classifier:
         ]
 
     def warm_up(self, batch_size: int = 16) -> float:
-        """Decode a generated JPEG in every decode thread and run the network with Grad-CAM on
-        a batch of it, so the first real batch pays for no lazy imports, thread starts, kernel
-        selection or memory allocation (measured: the first CPU batch of 16 took 981 ms, later
-        ones about 330 ms, when only the network was warmed up; decoding alone took 144 ms the
-        first time, 23 ms after). Returns the seconds spent."""
+        """Decode a generated JPEG in every decode thread and run the network with Grad-CAM (or
+        the heat head, its boxes and stored map) on a batch of it, so the first real batch pays
+        for no lazy imports, thread starts, kernel selection or memory allocation (measured:
+        the first CPU batch of 16 took 981 ms, later ones about 330 ms, when only the network
+        was warmed up; decoding alone took 144 ms the first time, 23 ms after). Returns the
+        seconds spent."""
         started = time.perf_counter()
         if self.isolated is not None:
             self.isolated.warm_up()
@@ -278,7 +279,15 @@ class Classifier:
             tensors = [torch.zeros(3, self.preset.size, self.preset.size)]
         batch = torch.stack([tensors[0]] * batch_size)
         for _ in range(2):
-            self.predict_explained(batch, "all")
+            _, maps = self.predict_explained(batch, "all")
+        if self.checkpoint.heat and maps:
+            # A fracture answer's boxes and stored map: their first use imports SciPy's image
+            # module, about 0.4 s that the first batch with a fracture would otherwise pay.
+            from model import boxes as box_ops
+
+            size = self.preset.size
+            box_ops.from_heat(maps[0], size, floor=0.0, stop_below=self.checkpoint.box_threshold)
+            box_ops.trim_map(maps[0], self.preset, (size, size))
         return time.perf_counter() - started
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:

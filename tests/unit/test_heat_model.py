@@ -148,6 +148,22 @@ def test_no_fracture_answers_carry_no_boxes() -> None:
     assert result.verdict == "no_fracture" and result.boxes == () and maps == {}
 
 
+def test_warm_up_runs_the_box_search_and_map_trim_of_a_fracture_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    for name in ("from_heat", "trim_map"):
+        original = getattr(boxes, name)
+        monkeypatch.setattr(
+            boxes,
+            name,
+            lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k),
+        )
+    classifier = Classifier(_heat_checkpoint(), device="cpu", runtime="torch", decode_threads=1)
+    assert classifier.warm_up(batch_size=2) > 0
+    assert calls == ["from_heat", "trim_map"]
+
+
 def test_three_answers_follow_the_two_operating_points() -> None:
     checkpoint = _heat_checkpoint()
     assert checkpoint.verdict(0.6, 0.5) == "fracture"

@@ -106,8 +106,10 @@ def register_images(
             }
             for entry in fresh
         ]
-        statement = _insert_ignoring_duplicates(session, rows)
-        inserted = session.execute(statement.returning(Image.id, Image.sha256)).all()
+        # One cached statement run for many parameter sets: a multi-row VALUES clause was
+        # compiled again for every chunk (a third of the watcher's CPU for a bulk drop).
+        statement = _insert_ignoring_duplicates(session)
+        inserted = session.execute(statement.returning(Image.id, Image.sha256), rows).all()
         created = {sha for _, sha in inserted}
         known |= {sha: image_id for image_id, sha in inserted}
         if missing := [entry.sha256 for entry in fresh if entry.sha256 not in known]:
@@ -180,17 +182,17 @@ def _ids_by_sha(session: Session, shas: Sequence[str]) -> dict[str, int]:
     return {sha: image_id for sha, image_id in rows}
 
 
-def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> Any:
+def _insert_ignoring_duplicates(session: Session) -> Any:
     """INSERT … ON CONFLICT (sha256) DO NOTHING in the two dialects we run on."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        return pg_insert(Image).values(rows).on_conflict_do_nothing(index_elements=["sha256"])
+        return pg_insert(Image).on_conflict_do_nothing(index_elements=["sha256"])
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        return sqlite_insert(Image).values(rows).on_conflict_do_nothing(index_elements=["sha256"])
+        return sqlite_insert(Image).on_conflict_do_nothing(index_elements=["sha256"])
     raise ValueError(f"unsupported database dialect {dialect!r} (SQLite or PostgreSQL)")
 
 
@@ -645,28 +647,55 @@ def requeue(*, session: Session, image_ids: Sequence[int]) -> int:
 
 
 def reattach(*, session: Session, new: NewImage) -> int | None:
-    """A settled file that belongs to an existing, unfinished row: its id, queued again.
+    """`reattach_many` for one file: its row's id, or None."""
+    return reattach_many(session=session, new=[new]).get(new.path)
+
+
+def reattach_many(*, session: Session, new: Sequence[NewImage]) -> dict[str, int]:
+    """Settled files that belong to existing, unfinished rows: each such file's path → its
+    row's id, queued again. Two lookups for all the files, not two for each.
 
     - The same bytes as a row that failed for a transient reason (moved out before it was
       read, then back in): the row is retried.
     - Other bytes at the path of a row still waiting in the queue, or failed (a writer that
       appended after the file was registered, or a broken file replaced by a good one): the
       row takes the new bytes, so the finished file is one row.
-    None when neither applies (a new file, a duplicate of a finished image, or a row a worker
-    is reading right now). The update is conditional, so a worker claiming the row at the same
-    moment wins and the file is registered as new instead."""
-    row = session.scalar(select(Image).where(Image.sha256 == new.sha256))
-    if row is None:
-        row = session.scalar(
-            select(Image)
-            .where(Image.path == new.path, Image.source == ImageSource.WATCH)
-            .order_by(Image.id.desc())
-            .limit(1)
+    A file is left out when neither applies (a new file, a duplicate of a finished image, or a
+    row a worker is reading right now). Each update is conditional on the row as it was looked
+    up, so a worker claiming the row at the same moment, or an earlier file of `new` that took
+    it, wins and the file is registered as new instead."""
+    if not new:
+        return {}
+    by_sha = {
+        row.sha256: row
+        for row in session.scalars(
+            select(Image).where(Image.sha256.in_({entry.sha256 for entry in new}))
         )
-        if row is None or row.status not in (ImageStatus.QUEUED, ImageStatus.FAILED):
-            return None
-    elif not _transient(row):
-        return None
+    }
+    by_path: dict[str, Image] = {}
+    if unknown := {entry.path for entry in new if entry.sha256 not in by_sha}:
+        for earlier in session.scalars(
+            select(Image)
+            .where(Image.path.in_(unknown), Image.source == ImageSource.WATCH)
+            .order_by(Image.id)
+        ):
+            by_path[earlier.path] = earlier  # the newest row at each path
+    found: dict[str, int] = {}
+    for entry in new:
+        row = by_sha.get(entry.sha256)
+        if row is None:
+            row = by_path.get(entry.path)
+            if row is None or row.status not in (ImageStatus.QUEUED, ImageStatus.FAILED):
+                continue
+        elif not _transient(row):
+            continue
+        if _take_over(session, row, entry):
+            found[entry.path] = row.id
+    return found
+
+
+def _take_over(session: Session, row: Image, new: NewImage) -> bool:
+    """Queue `row` again with `new`'s bytes, if it is still as it was looked up."""
     result = session.execute(
         update(Image)
         .where(Image.id == row.id, Image.sha256 == row.sha256, Image.status == row.status)
@@ -683,7 +712,7 @@ def reattach(*, session: Session, new: NewImage) -> int | None:
         )
         .execution_options(synchronize_session=False)
     )
-    return row.id if getattr(result, "rowcount", 0) == 1 else None
+    return getattr(result, "rowcount", 0) == 1
 
 
 def _transient(row: Image) -> bool:

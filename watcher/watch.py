@@ -332,12 +332,9 @@ class Watcher:
             )
             entries.append((path, entry))
         with transaction(self.factory) as session:
-            again = {
-                entry.path: image_id
-                for _, entry in entries
-                if not entry.rejection
-                and (image_id := queries.reattach(session=session, new=entry)) is not None
-            }
+            again = queries.reattach_many(
+                session=session, new=[entry for _, entry in entries if not entry.rejection]
+            )
         if again:
             log.info("%d known file(s) re-attached to their rows and queued again", len(again))
             client.enqueue(self.app, self.factory, list(again.values()))

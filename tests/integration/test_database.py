@@ -336,6 +336,50 @@ def test_a_file_seen_again_reattaches_to_its_unfinished_row_only(factory) -> Non
     assert rows[finished].sha256 == "c" * 64 and rows[busy].status == "processing"
 
 
+def test_many_files_reattach_in_two_lookups_as_they_would_one_by_one(factory) -> None:
+    """A chunk of settled files: the rows they belong to are found in two SELECTs whatever the
+    chunk's size; a second file with the bytes of a row an earlier one took is not attached."""
+    from sqlalchemy import event, update
+
+    moved, _ = _register(factory, "a" * 64, "moved.jpg")
+    growing, _ = _register(factory, "b" * 64, "growing.jpg")
+    finished, _ = _register(factory, "c" * 64, "finished.jpg")
+    with transaction(factory) as session:
+        session.execute(
+            update(Image)
+            .where(Image.id == moved)
+            .values(status="failed", error="file was deleted or moved before it could be processed")
+        )
+        session.execute(update(Image).where(Image.id == finished).values(status="done"))
+    entries = [
+        queries.NewImage(sha256=sha, path=f"/inbox/{name}", filename=name, size=99)
+        for sha, name in [
+            ("a" * 64, "moved.jpg"),
+            ("a" * 64, "copy-of-moved.jpg"),
+            ("e" * 64, "growing.jpg"),
+            ("f" * 64, "finished.jpg"),
+            *((f"{n:064x}", f"new-{n}.jpg") for n in range(20)),
+        ]
+    ]
+    selects: list[str] = []
+    with transaction(factory) as session:
+        connection = session.connection()
+
+        def count(_conn, _cursor, statement: str, *_args: Any) -> None:
+            if statement.lstrip().upper().startswith("SELECT"):
+                selects.append(statement)
+
+        event.listen(connection, "before_cursor_execute", count)
+        again = queries.reattach_many(session=session, new=entries)
+        event.remove(connection, "before_cursor_execute", count)
+    assert again == {"/inbox/moved.jpg": moved, "/inbox/growing.jpg": growing}
+    assert len(selects) == 2
+    with factory() as session:
+        rows = {row.id: row for row in session.scalars(select(Image))}
+    assert (rows[moved].status, rows[moved].path) == ("queued", "/inbox/moved.jpg")
+    assert rows[growing].sha256 == "e" * 64 and rows[finished].sha256 == "c" * 64
+
+
 def test_a_row_whose_file_changed_under_the_worker_goes_when_a_newer_row_has_the_file(
     factory,
 ) -> None:

@@ -107,8 +107,15 @@ def _give_new_instance_uid(path: Path, index: int) -> None:
 
 
 # -- 1. the limit --------------------------------------------------------------------------
-def measure_limit(classifier: Classifier, files: list[Path], batch_size: int) -> float:
-    """Forward passes only, on tensors decoded beforehand: the most this machine can do."""
+@dataclass(frozen=True)
+class Limit:
+    ips: float
+    cpu_ms: float  # this process's CPU (ms of one core) per image
+
+
+def measure_limit(classifier: Classifier, files: list[Path], batch_size: int) -> Limit:
+    """Forward passes only, on tensors decoded beforehand: the most this machine can do, and
+    what one image costs the network in CPU."""
     tensors = [
         p.tensor for p in classifier.prepare_many(files[: batch_size * 4]) if hasattr(p, "tensor")
     ]
@@ -118,11 +125,13 @@ def measure_limit(classifier: Classifier, files: list[Path], batch_size: int) ->
         tensors += tensors
     batch = torch.stack(tensors[:batch_size])
     classifier.predict(batch)  # warm-up
-    count, started = 0, time.perf_counter()
+    me = psutil.Process()
+    count, started, cpu_before = 0, time.perf_counter(), sum(me.cpu_times()[:2])
     while time.perf_counter() - started < 8 or count < 3 * batch_size:
         classifier.predict(batch)
         count += batch_size
-    return count / (time.perf_counter() - started)
+    seconds, cpu = time.perf_counter() - started, sum(me.cpu_times()[:2]) - cpu_before
+    return Limit(count / seconds, 1000 * cpu / count)
 
 
 # -- 3. the naive loop ------------------------------------------------------------------------
@@ -186,6 +195,8 @@ class PipelineRun:
     worker_rss_mb: float
     cpu_percent: float
     failed: int = 0
+    # CPU (ms of one core) per image stored, by part: see `CpuAccount`.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def ips(self) -> float:
@@ -215,6 +226,52 @@ class _Sampler:
                 continue
             self.peak_rss = max(self.peak_rss, rss)
             self.cpu.append(psutil.cpu_percent(None))
+
+
+class CpuAccount:
+    """Where the machine's CPU goes during a drop: the worker processes themselves, their
+    decoding children, the watcher (with its children), the broker, this bench process (copying
+    files in and polling the database), anything else on the machine, and idle cores."""
+
+    PARTS = ("worker", "worker_children", "watcher", "watcher_children", "broker", "bench")
+
+    def __init__(self, roots: dict[str, list[psutil.Process]]) -> None:
+        self.roots = roots
+        self.bench = psutil.Process()
+        self.started = self._snapshot()
+
+    def _snapshot(self) -> tuple[float, dict[tuple[str, int], float], float]:
+        seconds: dict[tuple[str, int], float] = {}
+        family: list[tuple[str, psutil.Process]] = [("bench", self.bench)]
+        for name, processes in self.roots.items():
+            for process in processes:
+                family.append((name, process))
+                try:
+                    kids = process.children(recursive=True)
+                except psutil.Error:
+                    continue
+                family += [(f"{name}_children", kid) for kid in kids]
+        for part, process in family:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:  # gone in between: its last slice goes uncounted
+                continue
+            seconds[(part, process.pid)] = times.user + times.system
+        machine = psutil.cpu_times()
+        return time.monotonic(), seconds, machine.idle + getattr(machine, "iowait", 0.0)
+
+    def per_image(self, images: int) -> dict[str, float]:
+        """ms of one core per image, by part, since this account was opened."""
+        began, before, idle_before = self.started
+        ended, after, idle_after = self._snapshot()
+        parts = dict.fromkeys(self.PARTS, 0.0)
+        for (part, pid), seconds in after.items():
+            parts[part] = parts.get(part, 0.0) + seconds - before.get((part, pid), 0.0)
+        total = (ended - began) * (os.cpu_count() or 1)
+        idle = idle_after - idle_before
+        parts["other"] = max(0.0, total - idle - sum(parts.values()))
+        parts["idle"] = idle
+        return {part: round(1000 * seconds / max(images, 1), 2) for part, seconds in parts.items()}
 
 
 class Pipeline:
@@ -303,7 +360,15 @@ class Pipeline:
             target = staging / path.name
             shutil.copyfile(path, target)
             staged.append(target)
-        sampler = _Sampler([psutil.Process(worker.pid) for worker in self.workers])
+        workers = [psutil.Process(worker.pid) for worker in self.workers]
+        sampler = _Sampler(workers)
+        account = CpuAccount(
+            {
+                "worker": workers,
+                "watcher": [psutil.Process(self.watcher.pid)],
+                "broker": [psutil.Process(self.broker.process.pid)] if self.broker.process else [],
+            }
+        )
         thread = threading.Thread(target=sampler.run, daemon=True)
         thread.start()
         arrivals: dict[str, float] = {}
@@ -322,6 +387,7 @@ class Pipeline:
             time.sleep(0.2)
         else:
             stored = self.stored()
+        cpu_ms = account.per_image(len(arrivals))
         sampler._stop.set()
         thread.join()
         done_at = {n: stored[n].replace(tzinfo=UTC).timestamp() for n in arrivals if n in stored}
@@ -334,6 +400,7 @@ class Pipeline:
             latencies_ms=latencies,
             worker_rss_mb=sampler.peak_rss / 2**20,
             cpu_percent=statistics.fmean(sampler.cpu) if sampler.cpu else float("nan"),
+            cpu_ms=cpu_ms,
         )
 
     def close(self) -> None:
@@ -394,7 +461,7 @@ def run(
         # This VM's speed drifts by tens of percent within minutes, so the in-process figures are
         # taken before and after the pipeline run and averaged: the ratios then compare like
         # with like.
-        limits: list[float] = []
+        limits: list[Limit] = []
         naives: list[float] = []
         one_pass: list[float] = []
 
@@ -427,7 +494,9 @@ def run(
             small_files = distinct_copies(sample_files(SAMPLES), n, Path(tmp) / "small")
             small = run_pipeline(model, device, small_files, **common)
         measure_in_process()
-        limit, naive = statistics.fmean(limits), statistics.fmean(naives)
+        limit, naive = statistics.fmean(x.ips for x in limits), statistics.fmean(naives)
+        network_ms = statistics.fmean(x.cpu_ms for x in limits)
+        busy_ms = sum(v for k, v in bulk.cpu_ms.items() if k != "idle")
         resolved_device = first["device"]
         result: dict[str, Any] = {
             **first,
@@ -447,7 +516,8 @@ def run(
             "batch_interval_ms": batch_interval_ms,
             "heatmaps": heatmaps,
             "limit_ips": round(limit, 2),
-            "limit_ips_before_after": [round(v, 2) for v in limits],
+            "limit_ips_before_after": [round(x.ips, 2) for x in limits],
+            "limit_cpu_ms_per_image": round(network_ms, 2),
             "naive_ips_before_after": [round(v, 2) for v in naives],
             "pipeline_ips": round(bulk.ips, 2),
             "naive_ips": round(naive, 2),
@@ -458,6 +528,10 @@ def run(
             "p99_ms": round(bulk.percentile(99), 1),
             "worker_rss_mb": round(bulk.worker_rss_mb, 1),
             "cpu_percent": round(bulk.cpu_percent, 1),
+            "cpu_ms_per_image": bulk.cpu_ms,
+            # The network's own cost over everything the machine did per image: the pipeline's
+            # share of the limit cannot pass it unless its cores idle less than the limit's.
+            "network_share_of_cpu": round(network_ms / busy_ms, 3) if busy_ms else None,
             "input_set": "realistic" if realistic else ("images" if images else "samples"),
             "input_mb_mean": round(statistics.fmean(p.stat().st_size for p in files) / 1e6, 3),
         }
@@ -557,6 +631,29 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def cpu_lines(result: dict[str, Any]) -> list[str]:
+    """Where the CPU went per image (ms of one core), beside what the network alone costs."""
+    split = result.get("cpu_ms_per_image") or {}
+    if not split:
+        return []
+    names = {
+        "worker": "worker",
+        "worker_children": "decoding children",
+        "watcher": "watcher",
+        "watcher_children": "watcher's children",
+        "broker": "broker",
+        "bench": "bench",
+        "other": "other",
+        "idle": "idle",
+    }
+    parts = ", ".join(f"{names.get(k, k)} {v:.1f}" for k, v in split.items() if v >= 0.05)
+    return [
+        f"{'CPU per image (core ms)':<28}{parts}",
+        f"{'':<28}network alone {result['limit_cpu_ms_per_image']:.1f}: "
+        f"{result['network_share_of_cpu']:.2f} of the busy CPU per image",
+    ]
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [
         f"device {result['device']} ({result['machine']}), runtime {result['runtime']}, "
@@ -584,6 +681,7 @@ def table(result: dict[str, Any]) -> str:
         f"{'worker peak RSS' + (' (all)' if result.get('workers', 1) > 1 else ''):<28}"
         f"{result['worker_rss_mb']:>10.0f} MB, "
         f"machine CPU {result['cpu_percent']:.0f}%",
+        *cpu_lines(result),
     ]
     if "small_jpeg_pipeline_ips" in result:
         lines.append(

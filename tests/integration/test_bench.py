@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.machine import cpu_name
+from bench.pipeline import table as bench_table
 from tests.helpers import fracture_cli, fracture_env
 
 
@@ -37,6 +38,17 @@ def test_bench_json_reports_limit_pipeline_and_naive(tiny_model: Path, tmp_path:
         result["pipeline_ips"] / result["limit_ips"], abs=0.01
     )
     assert result["worker_rss_mb"] > 100  # the sampler really read the worker process
+    # Where the CPU went: every part read, and together they cover every core for the run.
+    split = result["cpu_ms_per_image"]
+    assert set(split) == {
+        "worker", "worker_children", "watcher", "watcher_children", "broker", "bench", "other",
+        "idle",
+    }  # fmt: skip
+    assert split["worker"] > 0 and split["watcher"] > 0 and min(split.values()) >= 0
+    run_core_ms = 1000 / result["pipeline_ips"] * (os.cpu_count() or 1)
+    assert sum(split.values()) >= 0.95 * run_core_ms
+    assert result["limit_cpu_ms_per_image"] > 0 and result["network_share_of_cpu"] > 0
+    assert "CPU per image" in bench_table(result)
     # The machine is named down to its CPU where the system says it (Linux: /proc/cpuinfo).
     assert result["machine"].endswith(f"{os.cpu_count()} CPU cores")
     if Path("/proc/cpuinfo").is_file():

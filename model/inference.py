@@ -32,7 +32,12 @@ from model.preprocess import normalise_batch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CPU_MICRO_BATCH = 4
+# Images per forward run on the CPU. One at a time beat runs of 2 and 4 on the AMD EPYC VM
+# for every network and runtime we ship, in alternating rounds of 32 images: v2.4 in two ONNX
+# lanes 30.5 against 26.7 img/s (2 per run), the Lite0 single-pass file 82.0 against 68.1
+# (4 per run), v2.4 in PyTorch 13.9 against 10.5 (docs/PERFORMANCE.md): one image's
+# activations stay in the cores' caches.
+DEFAULT_CPU_MICRO_BATCH = 1
 # ONNX Runtime runs a batch's micro-batches this many at a time, each on its share of the
 # threads: on 2 cores two single-threaded runs side by side beat one run on two threads, as
 # the threads no longer wait for each other after every small operation: forward only 47 img/s
@@ -126,13 +131,10 @@ class Classifier:
         self.onnx = self._onnx_network(runtime, lanes)
         # On CPU, forward passes of more than a few images overflow the caches: EfficientNet-
         # Lite0 at 256 px ran 46 img/s in chunks of 4 but 26 img/s in one batch of 16 on a
-        # 2-core machine. A queue batch is therefore run in micro-batches; GPUs take it whole.
-        # Lanes share the images in flight: each run gets its part, so running side by side
-        # keeps the activation memory of one run of 4 (a peak 150 MB higher with 4 per lane).
+        # 2-core machine. A queue batch is therefore run in micro-batches (each lane takes the
+        # next as it finishes one); GPUs take it whole.
         if micro_batch is None:
-            micro_batch = (
-                max(1, DEFAULT_CPU_MICRO_BATCH // self.lanes) if self.device.type == "cpu" else 0
-            )
+            micro_batch = DEFAULT_CPU_MICRO_BATCH if self.device.type == "cpu" else 0
         if micro_batch < 0:
             raise ValueError("micro_batch must be 0 (whole batch) or a positive number")
         self.micro_batch = micro_batch

@@ -142,6 +142,7 @@ class SharedGreys:
         self.generation = 0
         self.capacity = 0
         self._fd: int | None = None
+        self._path = ""
         self._rows: np.ndarray | None = None
 
     @staticmethod
@@ -152,8 +153,7 @@ class SharedGreys:
         """A slot for each of `count` files, the file grown to hold them when it is smaller."""
         if count > self.capacity:
             self._replace(count)
-        path = f"/proc/{os.getpid()}/fd/{self._fd}"
-        return [Slot(path, self.generation, row, self.side) for row in range(count)]
+        return [Slot(self._path, self.generation, row, self.side) for row in range(count)]
 
     def row(self, index: int) -> np.ndarray:
         assert self._rows is not None
@@ -164,7 +164,8 @@ class SharedGreys:
         os.ftruncate(fd, capacity * self.side * self.side * 4)
         self.close()
         self._fd, self.capacity, self.generation = fd, capacity, self.generation + 1
-        mapped = np.memmap(f"/proc/{os.getpid()}/fd/{fd}", dtype=np.float32, mode="r+")
+        self._path = f"/proc/{os.getpid()}/fd/{fd}"  # how the children open it
+        mapped = np.memmap(self._path, dtype=np.float32, mode="r+")
         self._rows = mapped.reshape(capacity, 1, self.side, self.side)
 
     def close(self) -> None:

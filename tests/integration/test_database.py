@@ -299,12 +299,10 @@ def test_verdict_doubt_threshold_and_boxes_are_stored_and_read_back(factory) -> 
         replace(stored_new[0], verdict="doubtful")
 
 
-def test_a_file_seen_again_reattaches_to_its_unfinished_row_only(factory) -> None:
-    """Same bytes after a transient failure, or new bytes at the path of a queued or failed
-    row: that row is queued again; a finished image or a row being scored is left alone."""
+def _rows_a_file_may_come_back_to(factory) -> tuple[int, int, int, int]:
+    """Rows of moved.jpg (failed: moved out before it was read), growing.jpg (queued),
+    finished.jpg (done) and busy.jpg (being scored), with the bytes "a"… to "d"…."""
     from sqlalchemy import update
-
-    from db.models import Image
 
     moved, _ = _register(factory, "a" * 64, "moved.jpg")
     growing, _ = _register(factory, "b" * 64, "growing.jpg")
@@ -318,6 +316,13 @@ def test_a_file_seen_again_reattaches_to_its_unfinished_row_only(factory) -> Non
         )
         session.execute(update(Image).where(Image.id == finished).values(status="done"))
         session.execute(update(Image).where(Image.id == busy).values(status="processing"))
+    return moved, growing, finished, busy
+
+
+def test_a_file_seen_again_reattaches_to_its_unfinished_row_only(factory) -> None:
+    """Same bytes after a transient failure, or new bytes at the path of a queued or failed
+    row: that row is queued again; a finished image or a row being scored is left alone."""
+    moved, growing, finished, busy = _rows_a_file_may_come_back_to(factory)
 
     def seen(sha: str, name: str) -> int | None:
         entry = queries.NewImage(sha256=sha, path=f"/inbox/{name}", filename=name, size=99)
@@ -339,18 +344,9 @@ def test_a_file_seen_again_reattaches_to_its_unfinished_row_only(factory) -> Non
 def test_many_files_reattach_in_two_lookups_as_they_would_one_by_one(factory) -> None:
     """A chunk of settled files: the rows they belong to are found in two SELECTs whatever the
     chunk's size; a second file with the bytes of a row an earlier one took is not attached."""
-    from sqlalchemy import event, update
+    from sqlalchemy import event
 
-    moved, _ = _register(factory, "a" * 64, "moved.jpg")
-    growing, _ = _register(factory, "b" * 64, "growing.jpg")
-    finished, _ = _register(factory, "c" * 64, "finished.jpg")
-    with transaction(factory) as session:
-        session.execute(
-            update(Image)
-            .where(Image.id == moved)
-            .values(status="failed", error="file was deleted or moved before it could be processed")
-        )
-        session.execute(update(Image).where(Image.id == finished).values(status="done"))
+    moved, growing, finished, busy = _rows_a_file_may_come_back_to(factory)
     entries = [
         queries.NewImage(sha256=sha, path=f"/inbox/{name}", filename=name, size=99)
         for sha, name in [
@@ -358,6 +354,7 @@ def test_many_files_reattach_in_two_lookups_as_they_would_one_by_one(factory) ->
             ("a" * 64, "copy-of-moved.jpg"),
             ("e" * 64, "growing.jpg"),
             ("f" * 64, "finished.jpg"),
+            ("g" * 64, "busy.jpg"),
             *((f"{n:064x}", f"new-{n}.jpg") for n in range(20)),
         ]
     ]
@@ -378,6 +375,7 @@ def test_many_files_reattach_in_two_lookups_as_they_would_one_by_one(factory) ->
         rows = {row.id: row for row in session.scalars(select(Image))}
     assert (rows[moved].status, rows[moved].path) == ("queued", "/inbox/moved.jpg")
     assert rows[growing].sha256 == "e" * 64 and rows[finished].sha256 == "c" * 64
+    assert rows[busy].status == "processing"
 
 
 def test_a_row_whose_file_changed_under_the_worker_goes_when_a_newer_row_has_the_file(

@@ -239,7 +239,7 @@ class _Sampler:
 
 class CpuAccount:
     """Where the machine's CPU goes during a drop: the worker processes themselves, their
-    decoding children, the watcher (with its children), the broker, this bench process (copying
+    decoding children, the watcher (with its children), the broker, this bench process (moving
     files in and polling the database), anything else on the machine, and idle cores."""
 
     PARTS = ("worker", "worker_children", "watcher", "watcher_children", "broker", "bench")

@@ -163,6 +163,12 @@ class Settings(BaseSettings):
     )
     metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
 
+    @field_validator("worker_threads", mode="before")
+    @classmethod
+    def _threads_unset_when_empty(cls, value: object) -> object:
+        # The compose file passes FRACTURE_WORKER_THREADS on as "" when the host leaves it unset.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("batch_size")
     @classmethod
     def _batch_size_positive(cls, value: int) -> int:

@@ -54,6 +54,17 @@ def test_invalid_settings_name_the_rule(values: dict[str, object], message: str)
         Settings(**values)  # type: ignore[arg-type]
 
 
+def test_an_empty_worker_threads_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compose file passes FRACTURE_WORKER_THREADS on as "" when the host leaves it unset."""
+    monkeypatch.setenv("FRACTURE_WORKER_THREADS", "")
+    assert Settings().worker_threads is None
+    monkeypatch.setenv("FRACTURE_WORKER_THREADS", "2")
+    assert Settings().worker_threads == 2
+    monkeypatch.setenv("FRACTURE_WORKER_THREADS", "0")
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        Settings()
+
+
 def test_prefetch_defaults_to_two_batches() -> None:
     assert Settings(batch_size=8).prefetch == 16
 

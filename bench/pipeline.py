@@ -645,16 +645,7 @@ def cpu_lines(result: dict[str, Any]) -> list[str]:
     split = result.get("cpu_ms_per_image") or {}
     if not split:
         return []
-    names = {
-        "worker": "worker",
-        "worker_children": "decoding children",
-        "watcher": "watcher",
-        "watcher_children": "watcher's children",
-        "broker": "broker",
-        "bench": "bench",
-        "other": "other",
-        "idle": "idle",
-    }
+    names = {"worker_children": "decoding children", "watcher_children": "watcher's children"}
     parts = ", ".join(f"{names.get(k, k)} {v:.1f}" for k, v in split.items() if v >= 0.05)
     return [
         f"{'CPU per image (core ms)':<28}{parts}",

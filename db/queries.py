@@ -646,11 +646,6 @@ def requeue(*, session: Session, image_ids: Sequence[int]) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def reattach(*, session: Session, new: NewImage) -> int | None:
-    """`reattach_many` for one file: its row's id, or None."""
-    return reattach_many(session=session, new=[new]).get(new.path)
-
-
 def reattach_many(*, session: Session, new: Sequence[NewImage]) -> dict[str, int]:
     """Settled files that belong to existing, unfinished rows: each such file's path → its
     row's id, queued again. Two lookups for all the files, not two for each.

@@ -327,7 +327,7 @@ def test_a_file_seen_again_reattaches_to_its_unfinished_row_only(factory) -> Non
     def seen(sha: str, name: str) -> int | None:
         entry = queries.NewImage(sha256=sha, path=f"/inbox/{name}", filename=name, size=99)
         with transaction(factory) as session:
-            return queries.reattach(session=session, new=entry)
+            return queries.reattach_many(session=session, new=[entry]).get(entry.path)
 
     assert seen("a" * 64, "moved.jpg") == moved  # moved back in
     assert seen("e" * 64, "growing.jpg") == growing  # appended to after it was registered
